@@ -140,10 +140,14 @@ def bnb_baseline(x: torch.Tensor, reps: int) -> dict[str, float] | None:
     except Exception:  # not installed, or no backend for this device
         return None
     gbytes = x.numel() * 4 / 1e9
-    q, state = bnbf.quantize_blockwise(x)
-    out = torch.empty_like(x)
-    t_enc = median_seconds(lambda: bnbf.quantize_blockwise(x), reps, x.device)
-    t_dec = median_seconds(lambda: bnbf.dequantize_blockwise(q, state, out=out), reps, x.device)
+    try:
+        q, state = bnbf.quantize_blockwise(x)
+        t_enc = median_seconds(lambda: bnbf.quantize_blockwise(x), reps, x.device)
+        # bitsandbytes has no CPU kernel for the out= variant, so decode allocates its output
+        t_dec = median_seconds(lambda: bnbf.dequantize_blockwise(q, state), reps, x.device)
+    except (RuntimeError, NotImplementedError) as e:
+        _log(f"bitsandbytes baseline unavailable on {x.device}: {str(e).splitlines()[0]}")
+        return None
     return {"encode_gbps": gbytes / t_enc, "decode_gbps": gbytes / t_dec,
             "rel_error": rel_error(x, bnbf.dequantize_blockwise(q, state)), "block": 4096}
 
