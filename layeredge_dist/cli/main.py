@@ -27,6 +27,16 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     bench_codecs.add_arguments(p)
     p.set_defaults(func=bench_codecs.run)
+    from layeredge_dist.bench import transport as bench_transport
+
+    p = kinds.add_parser(
+        "transport",
+        help="our gRPC edge channel vs. raw TCP: throughput, p50/p99 latency, receiver memory",
+        description=bench_transport.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_transport.add_arguments(p)
+    p.set_defaults(func=bench_transport.run)
 
 
 def build_parser() -> argparse.ArgumentParser:
