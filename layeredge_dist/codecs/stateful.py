@@ -79,25 +79,31 @@ class EFState:
         return f"EFState({self._spec!r}, residual={shape}, steps={self._steps})"
 
 
-class ErrorFeedback:
-    """Error feedback around a stateless codec: ``ef(<inner spec>)``."""
+class _Wrapper:
+    """What every stateful wrapper shares: a stateless inner codec and the spec ``NAME(<inner spec>)``."""
 
-    NAME = "ef"
+    NAME = ""
 
     def __init__(self, inner: Codec) -> None:
         if not isinstance(inner, Codec):
-            raise CodecError(f"ef(...) wraps a stateless Codec, got {type(inner).__name__}")
+            raise CodecError(f"{self.NAME}(...) wraps a stateless Codec, got {type(inner).__name__}")
         self._inner = inner
 
     @property
     def spec(self) -> str:
-        """Canonical spec, ``ef(<inner spec>)``."""
+        """Canonical spec, ``NAME(<inner spec>)``."""
         return f"{self.NAME}({self._inner.spec})"
 
     @property
     def inner(self) -> Codec:
         """The wrapped stateless codec."""
         return self._inner
+
+
+class ErrorFeedback(_Wrapper):
+    """Error feedback around a stateless codec: ``ef(<inner spec>)``."""
+
+    NAME = "ef"
 
     def new_state(self) -> EFState:
         """A fresh, zero residual for one tensor stream (one per edge and tensor, held by the sender)."""
@@ -241,7 +247,7 @@ class DeltaState:
         return f"DeltaState({self._spec!r}, keys={len(self._refs)}, nbytes={self.nbytes})"
 
 
-class DeltaCodec:
+class DeltaCodec(_Wrapper):
     """Delta against a per-key reference (AC-SGD): ``delta(<inner spec>)``.
 
     Payload: ``[u64 version of the key's reference][inner payload]``; the receiver rejects a payload whose
@@ -249,21 +255,6 @@ class DeltaCodec:
     """
 
     NAME = "delta"
-
-    def __init__(self, inner: Codec) -> None:
-        if not isinstance(inner, Codec):
-            raise CodecError(f"delta(...) wraps a stateless Codec, got {type(inner).__name__}")
-        self._inner = inner
-
-    @property
-    def spec(self) -> str:
-        """Canonical spec, ``delta(<inner spec>)``."""
-        return f"{self.NAME}({self._inner.spec})"
-
-    @property
-    def inner(self) -> Codec:
-        """The wrapped stateless codec."""
-        return self._inner
 
     def new_state(self, max_keys: int | None = None) -> DeltaState:
         """Empty references; the sender and the receiver each create one."""

@@ -16,8 +16,10 @@ class Limits:
     max_frame_bytes: int = 1 << 30
     #: Most dimensions a tensor may have.
     max_ndim: int = 16
-    #: Most elements the original tensor may have (product of the shape).
-    max_elements: int = 1 << 36
+    #: Most elements the original tensor may have (product of the shape); 2**28 = 1 GiB of fp32. A sparse
+    #: payload of a few bytes can validly claim any shape, so this bound is what keeps a decode from
+    #: allocating without limit.
+    max_elements: int = 1 << 28
     #: Longest codec spec string.
     max_codec_chars: int = 256
     #: Longest edge id string.
