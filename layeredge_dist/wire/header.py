@@ -8,11 +8,11 @@ decoding. Every failure is a :class:`~layeredge_dist.wire.errors.FrameError` nam
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
+from layeredge_dist.codecs import parse_any
 from layeredge_dist.codecs.base import SUPPORTED_DTYPES
 from layeredge_dist.types import EdgeId, TensorRole
 
@@ -65,22 +65,10 @@ class FrameHeader:
 # ---- codec spec check ---------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1)
-def _spec_checker() -> Callable[[str], object]:
-    """The strictest codec spec check available: the registry's ``parse_any`` (known names and options), or the
-    spec grammar alone while the registry cannot be imported."""
-    try:
-        from layeredge_dist.codecs import parse_any
-    except ImportError:
-        from layeredge_dist.codecs.spec import parse_spec
-
-        return parse_spec
-    return parse_any
-
-
 @functools.lru_cache(maxsize=512)
 def _check_codec_cached(spec: str) -> None:
-    _spec_checker()(spec)
+    """Raise CodecError unless ``spec`` names a known codec with valid arguments (cached: specs repeat)."""
+    parse_any(spec)
 
 
 def _check_codec(spec: object, limits: Limits) -> None:
