@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
 Runner = Callable[[argparse.Namespace], int]
 
 
-def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from layeredge_dist.bench import codecs as bench_codecs
+#: ``layeredge bench KIND``: (module under layeredge_dist.bench, one-line help). Each module provides
+#: ``add_arguments(parser)`` and ``run(args) -> exit code``; its docstring is the command's --help text.
+BENCHES: dict[str, str] = {
+    "codecs": "encode/decode speed, bits per element and error of every codec",
+    "transport": "our edge channel vs. raw TCP: throughput, p50/p99 latency, receiver memory",
+}
 
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
         "bench",
         help="benchmarks: ours vs. baselines measured in the same run",
@@ -19,24 +26,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "machines are shared and noisy. Add --json for one machine-readable JSON document.",
     )
     kinds = bench.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
-    p = kinds.add_parser(
-        "codecs",
-        help="encode/decode speed, bits per element and error of every codec",
-        description=bench_codecs.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    bench_codecs.add_arguments(p)
-    p.set_defaults(func=bench_codecs.run)
-    from layeredge_dist.bench import transport as bench_transport
-
-    p = kinds.add_parser(
-        "transport",
-        help="our gRPC edge channel vs. raw TCP: throughput, p50/p99 latency, receiver memory",
-        description=bench_transport.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    bench_transport.add_arguments(p)
-    p.set_defaults(func=bench_transport.run)
+    for name, help_text in BENCHES.items():
+        module = importlib.import_module(f"layeredge_dist.bench.{name}")
+        p = kinds.add_parser(name, help=help_text, description=module.__doc__,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
 
 
 def build_parser() -> argparse.ArgumentParser:
