@@ -150,9 +150,32 @@ class TcpEdgeSender(EdgeSender):
 
     def _read_acks(self, sock: socket.socket, deadline: float, what: str) -> None:
         """Read one record (blocking until ``deadline``) and apply it; raises our errors."""
-        first = [True]
+        head = b""
+        left = deadline - time.monotonic()
+        if left > 0:  # fast path: one recv of a whole ack record (the usual case)
+            sock.settimeout(left)
+            try:
+                head = sock.recv(datapath.ACK_BYTES)
+            except socket.timeout:
+                raise DeadlineExceeded(f"{self._what}: {what}", "DEADLINE_EXCEEDED") from None
+            except OSError as e:
+                raise self._drop(PeerUnavailable(f"{self._what}: UNAVAILABLE: {e}", "UNAVAILABLE")) from None
+            if not head:
+                raise self._drop(PeerUnavailable(f"{self._what}: UNAVAILABLE: connection closed by the receiver",
+                                                 "UNAVAILABLE"))
+            if len(head) == datapath.ACK_BYTES and head[0] == 0x41:  # b"A"
+                self._apply_ack(datapath.parse_ack(head))
+                return
+        first = [not head]
 
         def recv_exact(n: int) -> bytes:
+            nonlocal head
+            if head:  # bytes of this record already read by the fast path
+                out = head[:n]
+                head = head[n:]
+                if len(out) < n:
+                    out += self._recv(sock, n - len(out), deadline, True)
+                return out
             started = not first[0]
             first[0] = False
             return self._recv(sock, n, deadline, started)
@@ -210,10 +233,11 @@ class TcpEdgeSender(EdgeSender):
     # ---- the contract ---------------------------------------------------------------------------------------
 
     def send(self, frame: Frame, *, timeout_s: float) -> None:
+        header = frame.header
         if frame.edge != self._edge or frame.role != self._role:
             raise FrameError("edge", f"expected a frame for {self._edge} {self._role.value}, found "
                                      f"{frame.edge} {frame.role.value}")
-        validate_header(frame.header, self._config.limits)
+        validate_header(header, self._config.limits)
         cfg = self._config
         n = frame.nbytes
         t0 = time.perf_counter()
@@ -231,8 +255,8 @@ class TcpEdgeSender(EdgeSender):
                                                 f"({self._sent - self._acked} frames, {self._inflight} B "
                                                 f"unacknowledged; window {cfg.window_frames} frames / "
                                                 f"{cfg.window_bytes} B)")
-            parts = [memoryview(datapath.frame_prefix(frame.header)), frame.payload_bytes()]
-            self._pending.append(Pending(frame.header, t0))
+            parts = [memoryview(datapath.frame_prefix(header)), frame.payload_bytes()]
+            self._pending.append(Pending(header, t0))
             self._sent += 1
             self._inflight += n
             try:
@@ -246,15 +270,27 @@ class TcpEdgeSender(EdgeSender):
     @staticmethod
     def _sendmsg_all(sock: socket.socket, parts: list[memoryview], deadline: float) -> None:
         parts = [p for p in parts if p.nbytes]
+        first = True
         while parts:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise _Partial()
-            sock.settimeout(left)
-            try:
-                sent = sock.sendmsg(parts)
-            except socket.timeout:
-                raise _Partial() from None
+            if first:
+                # first try without waiting: with a timeout set, Python polls the socket before every send,
+                # an extra system call (and GIL round trip) per frame that is useless while the send buffer
+                # has room, which is the usual case
+                first = False
+                sock.settimeout(0.0)
+                try:
+                    sent = sock.sendmsg(parts)
+                except BlockingIOError:
+                    sent = 0
+            else:
+                sock.settimeout(left)
+                try:
+                    sent = sock.sendmsg(parts)
+                except socket.timeout:
+                    raise _Partial() from None
             while sent:
                 if sent >= parts[0].nbytes:
                     sent -= parts[0].nbytes

@@ -124,6 +124,7 @@ class StageServer:
         self.counters = Counters()
         self._pool = BufferPool(config.buffer_pool_bytes)
         self._inboxes: dict[tuple[EdgeId, TensorRole], Inbox] = {}
+        self._last_inbox: tuple[object, object, Inbox | None] = (None, None, None)
         self._lock = threading.Lock()
         self._server: grpc.Server | None = None
         self._health = health.HealthServicer()
@@ -215,6 +216,9 @@ class StageServer:
     # ---- receivers ------------------------------------------------------------------------------------------
 
     def _inbox(self, edge: EdgeId, role: TensorRole) -> Inbox:
+        last = self._last_inbox  # fast path for a stream's next frame: same (parsed, cached) EdgeId object
+        if last[0] is edge and last[1] is role:
+            return last[2]
         key = (edge, role)
         with self._lock:
             inbox = self._inboxes.get(key)
@@ -223,6 +227,7 @@ class StageServer:
                 if self._stopped:
                     inbox.close()
                 self._inboxes[key] = inbox
+            self._last_inbox = (edge, role, inbox)  # inboxes are never replaced, so this stays valid
             return inbox
 
     def receiver(self, edge: EdgeId, role: TensorRole) -> GrpcEdgeReceiver:

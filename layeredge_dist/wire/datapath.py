@@ -65,6 +65,11 @@ def ack_record(frames: int) -> bytes:
     return _ACK.pack(b"A", frames)
 
 
+def parse_ack(record: bytes) -> int:
+    """The frame count of a complete 9-byte ack record (the caller checked its kind byte)."""
+    return _ACK.unpack(record)[1]
+
+
 def error_record(code: str, message: str) -> bytes:
     """An error record: gRPC status name ``code`` (at least 2 characters) and the precise message."""
     c = code.encode()

@@ -183,17 +183,24 @@ def header_to_bytes(header: FrameHeader) -> bytes:
     return header_to_proto(header).SerializeToString()
 
 
+@functools.lru_cache(maxsize=256)
+def _parse_canonical_edge(text: str) -> EdgeId:
+    """The EdgeId of ``text`` (cached: a stream repeats its edge); raises FrameError unless canonical."""
+    try:
+        edge = EdgeId.parse(text)
+    except ValueError:
+        raise FrameError("edge", f"expected an edge id like 's0->s1', found {text!r}") from None
+    if str(edge) != text:
+        raise FrameError("edge", f"expected canonical form {str(edge)!r}, found {text!r}")
+    return edge
+
+
 def header_from_proto(msg: pb.FrameHeader, limits: Limits) -> FrameHeader:
     """Convert and validate a received protobuf header; raises :class:`FrameError` for the first bad field."""
     role = role_from_proto(msg.role)
     if len(msg.edge) > limits.max_edge_chars:
         raise FrameError("edge", f"expected at most {limits.max_edge_chars} characters, found {len(msg.edge)}")
-    try:
-        edge = EdgeId.parse(msg.edge)
-    except ValueError:
-        raise FrameError("edge", f"expected an edge id like 's0->s1', found {msg.edge!r}") from None
-    if str(edge) != msg.edge:
-        raise FrameError("edge", f"expected canonical form {str(edge)!r}, found {msg.edge!r}")
+    edge = _parse_canonical_edge(msg.edge)
     if len(msg.shape) > limits.max_ndim:
         raise FrameError("shape", f"expected at most {limits.max_ndim} dims, found {len(msg.shape)}")
     kind = _PB_TO_CHECKSUM.get(msg.checksum_kind)
