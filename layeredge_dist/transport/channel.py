@@ -12,18 +12,31 @@ from layeredge_dist.types import EdgeId, TensorRole
 from layeredge_dist.wire import Frame
 
 
-class EdgeSender(abc.ABC):
-    """The sending end of one edge.
+class EdgeEndpoint:
+    """What every end of an edge knows: which edge and which tensor role it carries (fixed at construction)."""
+
+    def __init__(self, edge: EdgeId, role: TensorRole) -> None:
+        self._edge = edge
+        self._role = role
+
+    @property
+    def edge(self) -> EdgeId:
+        """The edge this end feeds or drains."""
+        return self._edge
+
+    @property
+    def role(self) -> TensorRole:
+        """The role of the frames it carries."""
+        return self._role
+
+
+class EdgeSender(EdgeEndpoint, abc.ABC):
+    """The sending end of one (edge, role).
 
     Frames are delivered in order. ``send`` returns once the frame fits the in-flight window (it does not wait
     for the receiver); the payload is read after ``send`` returns, so the caller must not modify it until
     ``flush`` has returned. Errors of earlier frames surface on the next ``send`` or ``flush``.
     """
-
-    @property
-    @abc.abstractmethod
-    def edge(self) -> EdgeId:
-        """The edge this sender feeds."""
 
     @abc.abstractmethod
     def send(self, frame: Frame, *, timeout_s: float) -> None:
@@ -43,18 +56,8 @@ class EdgeSender(abc.ABC):
         """Stop sending; unacknowledged frames may be lost. Idempotent."""
 
 
-class EdgeReceiver(abc.ABC):
+class EdgeReceiver(EdgeEndpoint, abc.ABC):
     """The receiving end of one (edge, role): frames arrive validated (header, length, checksum)."""
-
-    @property
-    @abc.abstractmethod
-    def edge(self) -> EdgeId:
-        """The edge this receiver drains."""
-
-    @property
-    @abc.abstractmethod
-    def role(self) -> TensorRole:
-        """The role of the frames it receives."""
 
     @abc.abstractmethod
     def receive(self, *, timeout_s: float) -> Frame:

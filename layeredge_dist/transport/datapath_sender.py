@@ -57,8 +57,7 @@ class TcpEdgeSender(EdgeSender):
         if config.tune_malloc:
             tune_malloc()
         self._address = address
-        self._edge = edge
-        self._role = role
+        super().__init__(edge, role)
         self._config = config
         self._hooks = hooks
         self.counters = Counters()
@@ -73,14 +72,6 @@ class TcpEdgeSender(EdgeSender):
         self._inflight = 0
         self._closed = False
         self._what = f"{edge} {role.value} -> {address} (tcp data path)"
-
-    @property
-    def edge(self) -> EdgeId:
-        return self._edge
-
-    @property
-    def role(self) -> TensorRole:
-        return self._role
 
     @property
     def unacknowledged(self) -> tuple[int, int]:

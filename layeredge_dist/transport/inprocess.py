@@ -23,22 +23,13 @@ class InProcessChannel(EdgeChannel):
     def __init__(self, edge: EdgeId, role: TensorRole, *, window_bytes: int = 128 << 20,
                  limits: Limits = Limits(), verify_checksum: bool = True,
                  hooks: tuple[AccountingHook, ...] = ()) -> None:
-        self._edge = edge
-        self._role = role
+        super().__init__(edge, role)
         self._limits = limits
         self._verify = verify_checksum
         self._hooks = hooks
         self.counters = Counters()
         self._inbox = Inbox(window_bytes, f"in-process {edge} {role.value}")
         self._closed = False
-
-    @property
-    def edge(self) -> EdgeId:
-        return self._edge
-
-    @property
-    def role(self) -> TensorRole:
-        return self._role
 
     def send(self, frame: Frame, *, timeout_s: float) -> None:
         if self._closed:

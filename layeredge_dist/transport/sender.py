@@ -124,8 +124,7 @@ class GrpcEdgeSender(EdgeSender):
         if config.tune_malloc:
             tune_malloc()
         self._address = address
-        self._edge = edge
-        self._role = role
+        super().__init__(edge, role)
         self._config = config
         self._hooks = hooks
         self.counters = Counters()
@@ -137,14 +136,6 @@ class GrpcEdgeSender(EdgeSender):
         self._stream: _Stream | None = None
         self._closed = False
         self._what = f"{edge} {role.value} -> {address}"
-
-    @property
-    def edge(self) -> EdgeId:
-        return self._edge
-
-    @property
-    def role(self) -> TensorRole:
-        return self._role
 
     @property
     def unacknowledged(self) -> tuple[int, int]:

@@ -78,18 +78,9 @@ class GrpcEdgeReceiver(EdgeReceiver):
     """Frames of one (edge, role) that arrived at a :class:`StageServer`."""
 
     def __init__(self, edge: EdgeId, role: TensorRole, inbox: Inbox, pool: BufferPool) -> None:
-        self._edge = edge
-        self._role = role
+        super().__init__(edge, role)
         self._inbox = inbox
         self._pool = pool
-
-    @property
-    def edge(self) -> EdgeId:
-        return self._edge
-
-    @property
-    def role(self) -> TensorRole:
-        return self._role
 
     def receive(self, *, timeout_s: float) -> Frame:
         return self._inbox.get(timeout_s)
