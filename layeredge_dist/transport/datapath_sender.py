@@ -21,8 +21,7 @@ import grpc
 from layeredge_dist.types import Direction, EdgeId, TensorRole
 from layeredge_dist.wire import Frame, FrameError, datapath, service, validate_header
 
-from .accounting import AccountingHook, Counters, TransferRecord, emit, raw_bytes
-from .allocator import tune_malloc
+from .accounting import AccountingHook, TransferRecord, emit, raw_bytes
 from .channel import EdgeSender
 from .config import TransportConfig
 from .datapath_server import set_keepalive
@@ -35,7 +34,7 @@ from .errors import (
     Unauthenticated,
 )
 from .security import auth_metadata, host_of
-from .sender import Pending, make_channel, translate
+from .sender import Pending, RemoteSender, translate
 
 _ERRORS: dict[str, type[TransportError]] = {"INVALID_ARGUMENT": FrameRejected, "UNAUTHENTICATED": Unauthenticated}
 
@@ -44,7 +43,7 @@ class _Partial(Exception):
     """A timeout hit in the middle of a record or frame: the connection is out of step and must be dropped."""
 
 
-class TcpEdgeSender(EdgeSender):
+class TcpEdgeSender(RemoteSender):
     """Sends frames of one (edge, role) over the TCP data path of the StageServer at ``address``.
 
     Raises ValueError when ``config.tls`` is set (the data path is plain TCP; use GrpcEdgeSender for TLS).
@@ -54,14 +53,7 @@ class TcpEdgeSender(EdgeSender):
                  hooks: tuple[AccountingHook, ...] = ()) -> None:
         if config.tls is not None:
             raise ValueError("the TCP data path carries no TLS; use GrpcEdgeSender (tcp_data_path=False) with TLS")
-        if config.tune_malloc:
-            tune_malloc()
-        self._address = address
-        super().__init__(edge, role)
-        self._config = config
-        self._hooks = hooks
-        self.counters = Counters()
-        self._channel = make_channel(address, config)
+        super().__init__(address, edge, role, config, hooks)
         self._open_rpc = self._channel.unary_unary(service.method_path(service.OPEN_DATA_PATH_METHOD),
                                                    request_serializer=None, response_deserializer=None)
         self._lock = threading.Lock()

@@ -111,7 +111,23 @@ class _Stream:
             yield message
 
 
-class GrpcEdgeSender(EdgeSender):
+class RemoteSender(EdgeSender):
+    """What every sender to a remote StageServer sets up: malloc tuning (when configured), the gRPC channel to
+    ``address`` (TLS and auth per ``config``; ValueError when the policy refuses), counters and hooks."""
+
+    def __init__(self, address: str, edge: EdgeId, role: TensorRole, config: TransportConfig,
+                 hooks: tuple[AccountingHook, ...]) -> None:
+        if config.tune_malloc:
+            tune_malloc()
+        super().__init__(edge, role)
+        self._address = address
+        self._config = config
+        self._hooks = hooks
+        self.counters = Counters()
+        self._channel = make_channel(address, config)
+
+
+class GrpcEdgeSender(RemoteSender):
     """Sends frames of one (edge, role) to the StageServer at ``address``.
 
     Connection is lazy (on first send, bounded by ``connect_timeout_s`` and the send's timeout). After an error
@@ -121,14 +137,7 @@ class GrpcEdgeSender(EdgeSender):
 
     def __init__(self, address: str, edge: EdgeId, role: TensorRole, config: TransportConfig = TransportConfig(),
                  hooks: tuple[AccountingHook, ...] = ()) -> None:
-        if config.tune_malloc:
-            tune_malloc()
-        self._address = address
-        super().__init__(edge, role)
-        self._config = config
-        self._hooks = hooks
-        self.counters = Counters()
-        self._channel = make_channel(address, config)
+        super().__init__(address, edge, role, config, hooks)
         self._stub = self._channel.stream_stream(service.method_path(service.FRAMES_METHOD),
                                                  request_serializer=None, response_deserializer=None)
         self._cond = threading.Condition()

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -40,6 +41,8 @@ from .errors import ChannelClosed, DeadlineExceeded
 from .inbox import Inbox
 from .options import server_options
 from .security import TokenAuthInterceptor, check_server_policy, host_of, server_credentials
+
+_Req = TypeVar("_Req")
 
 _PUT_POLL_S = 0.25  # how often a blocked stream checks that its call is still alive
 
@@ -308,12 +311,18 @@ class StageServer:
             if cur is not None:
                 self._pool.give(cur.buf)
 
-    def _ping(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    def _parse_request(self, parse: Callable[[bytes], _Req], request: bytes,
+                       context: grpc.ServicerContext) -> _Req:
+        """Parse a unary request; a malformed one is counted and answered with INVALID_ARGUMENT (aborts)."""
         try:
-            req = service.ping_request_from_bytes(request)
+            return parse(request)
         except FrameError as e:
             self.counters.add("invalid_frames")
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise  # unreachable: abort raises
+
+    def _ping(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        req = self._parse_request(service.ping_request_from_bytes, request, context)
         self.counters.add("pings")
         if req.reply_bytes > self._config.max_message_bytes - 1024:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -334,11 +343,7 @@ class StageServer:
         return False
 
     def _open_data_path(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        try:
-            req = service.data_path_request_from_bytes(request)
-        except FrameError as e:
-            self.counters.add("invalid_frames")
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        req = self._parse_request(service.data_path_request_from_bytes, request, context)
         if self._data_path is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this server offers no TCP data path "
                                                                "(TransportConfig.tcp_data_path is off)")
