@@ -7,17 +7,32 @@ and keep their state in an object the caller owns (see :mod:`layeredge_dist.code
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-#: dtypes a codec accepts as input and restores on decode, by their wire name.
+#: Float dtypes the lossy codecs accept as input and restore on decode, by their wire name.
 SUPPORTED_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
 DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in SUPPORTED_DTYPES.items()}
+#: Integer (and bool) dtypes that only lossless codecs (``raw``) carry, by their wire name.
+INTEGER_DTYPES: dict[str, torch.dtype] = {
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+INTEGER_DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in INTEGER_DTYPES.items()}
+#: Every dtype a frame may carry: :data:`SUPPORTED_DTYPES` and :data:`INTEGER_DTYPES` together.
+WIRE_DTYPES: dict[str, torch.dtype] = {**SUPPORTED_DTYPES, **INTEGER_DTYPES}
+WIRE_DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in WIRE_DTYPES.items()}
 
 
 class CodecError(ValueError):
@@ -67,7 +82,18 @@ class Encoded:
 
 
 class Codec(abc.ABC):
-    """A pure tensor codec. Subclasses are immutable and configured only by their spec string."""
+    """A pure tensor codec. Subclasses are immutable and configured only by their spec string.
+
+    :attr:`INPUT_DTYPES` declares the dtypes (by wire name) a codec accepts on encode and restores on decode;
+    the float codecs keep the default, :data:`SUPPORTED_DTYPES`.
+    """
+
+    INPUT_DTYPES: ClassVar[Mapping[str, torch.dtype]] = SUPPORTED_DTYPES
+
+    @property
+    def input_dtypes(self) -> Mapping[str, torch.dtype]:
+        """The dtypes this codec accepts and restores, by wire name (its class's :attr:`INPUT_DTYPES`)."""
+        return self.INPUT_DTYPES
 
     @property
     @abc.abstractmethod
@@ -77,7 +103,7 @@ class Codec(abc.ABC):
     @abc.abstractmethod
     def encode(self, x: torch.Tensor, *, generator: torch.Generator | None = None,
                out: torch.Tensor | None = None) -> Encoded:
-        """Compress ``x`` (any shape, fp32/fp16/bf16, any device, contiguous or not).
+        """Compress ``x`` (any shape, a dtype in :attr:`INPUT_DTYPES`, any device, contiguous or not).
 
         ``generator`` supplies randomness for stochastic codecs (stochastic rounding, random-k, random
         rotations); the global RNG of ``x``'s device is used when it is None. ``out``, for codecs whose
@@ -100,7 +126,8 @@ class Codec(abc.ABC):
     def payload_nbytes(self, numel: int) -> int:
         """Exact payload size in bytes for a tensor of ``numel`` elements.
 
-        For data-dependent codecs (approximate top-k) this is the size at the nominal keep ratio.
+        For data-dependent codecs (approximate top-k) this is the size at the nominal keep ratio. ``raw``, whose
+        size depends on the dtype, takes it as a second argument and raises CodecError without it.
         """
 
     def bits_per_element(self, numel: int) -> float:
@@ -119,13 +146,16 @@ class Codec(abc.ABC):
     # ---- helpers shared by all codecs -------------------------------------------------------------
 
     def _check_input(self, x: torch.Tensor) -> str:
-        """Validate an input tensor and return its dtype's wire name."""
+        """Validate an input tensor and return its dtype's wire name.
+
+        Raises CodecError for a non-tensor or a dtype outside :attr:`INPUT_DTYPES`.
+        """
         if not isinstance(x, torch.Tensor):
             raise CodecError(f"{self.spec}: expected a torch.Tensor, got {type(x).__name__}")
-        name = DTYPE_NAMES.get(x.dtype)
-        if name is None:
+        name = WIRE_DTYPE_NAMES.get(x.dtype)
+        if name is None or name not in self.INPUT_DTYPES:
             raise CodecError(
-                f"{self.spec}: unsupported input dtype {x.dtype}; expected one of {sorted(SUPPORTED_DTYPES)}"
+                f"{self.spec}: unsupported input dtype {x.dtype}; expected one of {sorted(self.INPUT_DTYPES)}"
             )
         return name
 
@@ -135,9 +165,12 @@ class Codec(abc.ABC):
             raise CodecError(f"{self.spec}: expected Encoded, got {type(enc).__name__}")
         if enc.spec != self.spec:
             raise CodecError(f"codec mismatch: payload was encoded with {enc.spec!r}, decoder is {self.spec!r}")
-        dtype = SUPPORTED_DTYPES.get(enc.dtype)
+        dtype = self.INPUT_DTYPES.get(enc.dtype)
         if dtype is None:
-            raise CodecError(f"{self.spec}: unknown dtype {enc.dtype!r}; expected one of {sorted(SUPPORTED_DTYPES)}")
+            what = "unsupported" if enc.dtype in WIRE_DTYPES else "unknown"
+            raise CodecError(
+                f"{self.spec}: {what} dtype {enc.dtype!r}; expected one of {sorted(self.INPUT_DTYPES)}"
+            )
         if not isinstance(enc.shape, tuple) or any((not isinstance(d, int)) or d < 0 for d in enc.shape):
             raise CodecError(f"{self.spec}: invalid shape {enc.shape!r}; expected a tuple of non-negative ints")
         p = enc.payload

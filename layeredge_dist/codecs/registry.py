@@ -11,18 +11,19 @@ from collections.abc import Callable
 from .base import Codec, CodecError
 from .cast import CastCodec
 from .quant import IntQuantCodec
+from .raw import RawCodec
 from .sparse import SparseCodec
 from .spec import Chain, Term, Wrapped, parse_spec
 from .stateful import DeltaCodec, ErrorFeedback
 
 #: Every stateless codec class; the completeness test checks that no Codec subclass is missing here.
-CODEC_CLASSES: tuple[type[Codec], ...] = (CastCodec, IntQuantCodec, SparseCodec)
+CODEC_CLASSES: tuple[type[Codec], ...] = (CastCodec, IntQuantCodec, SparseCodec, RawCodec)
 #: Every stateful wrapper class, by its spec name.
 WRAPPER_CLASSES: dict[str, type[ErrorFeedback] | type[DeltaCodec]] = {"ef": ErrorFeedback, "delta": DeltaCodec}
 
 #: One canonical example per family and option; used by --help, the docs and the completeness test.
 EXAMPLES: tuple[str, ...] = (
-    "fp32", "fp16", "bf16", "fp8e4m3", "fp8e5m2",
+    "raw", "fp32", "fp16", "bf16", "fp8e4m3", "fp8e5m2",
     "int8", "int4", "int3", "int2", "int4/b64", "int8/b4096", "int4/rht", "int2/b64/rht/sr", "int8/sr",
     "topk:0.05", "atopk:0.01", "randk:0.1", "topk:0.05+int8", "atopk:0.01+fp16", "randk:0.25+int4/sr",
     "ef(int2)", "ef(topk:0.01+int8)", "delta(int4)", "delta(int2/rht)",

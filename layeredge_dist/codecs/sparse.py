@@ -34,7 +34,7 @@ from fractions import Fraction
 import torch
 
 from . import elias_fano
-from .base import Codec, CodecError, Encoded
+from .base import SUPPORTED_DTYPES, Codec, CodecError, Encoded
 from .spec import Term, format_ratio
 
 HEADER_NBYTES = 8
@@ -56,7 +56,8 @@ _ATOPK_CHUNK = 1 << 20
 class SparseCodec(Codec):
     """Keep a fraction ``ratio`` of the elements (see the module docstring for the three methods).
 
-    ``values`` optionally encodes the kept values (e.g. ``int8``); it must be a fixed-size, non-sparse codec.
+    ``values`` optionally encodes the kept values (e.g. ``int8``); it must be a fixed-size, non-sparse codec
+    of float dtypes only (``raw`` is refused: its size depends on the dtype and raw values are the default).
     """
 
     NAMES: tuple[str, ...] = ("topk", "atopk", "randk")
@@ -73,6 +74,11 @@ class SparseCodec(Codec):
             raise CodecError(f"{method}: the value codec must be a Codec, got {type(values).__name__}")
         if isinstance(values, SparseCodec):
             raise CodecError(f"{method}: the kept values cannot be sparsified again ({values.spec})")
+        if values is not None and not set(values.input_dtypes) <= set(SUPPORTED_DTYPES):
+            raise CodecError(
+                f"{method}:{format_ratio(r)}+{values.spec}: {values.spec!r} is a standalone codec, not a value "
+                f"codec; without one the kept values already travel losslessly as fp32: '{method}:{format_ratio(r)}'"
+            )
         self._method = method
         self._ratio = r
         self._ratio_text = format_ratio(r)

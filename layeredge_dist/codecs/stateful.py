@@ -14,17 +14,19 @@
 
 Both keep their state at the input's dtype and device and compute in fp32. Every mismatch (a state from another
 wrapper, a tensor of another shape, dtype or device than the state holds, a delta payload applied out of order)
-raises :class:`~layeredge_dist.codecs.base.CodecError`; a failed call leaves the state unchanged.
+raises :class:`~layeredge_dist.codecs.base.CodecError`; a failed call leaves the state unchanged. Both wrap float
+codecs only: ``ef(raw)`` and ``delta(raw)`` raise CodecError (fp32 arithmetic cannot carry int64 exactly, and a
+lossless codec leaves nothing to feed back).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Mapping
 
 import torch
 
-from .base import Codec, CodecError, Encoded
+from .base import SUPPORTED_DTYPES, Codec, CodecError, Encoded
 
 #: Bytes of the delta payload header: the u64 number of updates the key's reference has seen.
 DELTA_HEADER_NBYTES = 8
@@ -87,6 +89,11 @@ class _Wrapper:
     def __init__(self, inner: Codec) -> None:
         if not isinstance(inner, Codec):
             raise CodecError(f"{self.NAME}(...) wraps a stateless Codec, got {type(inner).__name__}")
+        if not set(inner.input_dtypes) <= set(SUPPORTED_DTYPES):
+            raise CodecError(
+                f"{self.NAME}({inner.spec}): wrappers compute in fp32 and wrap only float codecs; "
+                f"{inner.spec!r} is lossless and carries integer dtypes, so send it unwrapped as {inner.spec!r}"
+            )
         self._inner = inner
 
     @property
@@ -98,6 +105,11 @@ class _Wrapper:
     def inner(self) -> Codec:
         """The wrapped stateless codec."""
         return self._inner
+
+    @property
+    def input_dtypes(self) -> Mapping[str, torch.dtype]:
+        """The dtypes the wrapper accepts, by wire name: the inner codec's (float dtypes only)."""
+        return self._inner.input_dtypes
 
 
 class ErrorFeedback(_Wrapper):

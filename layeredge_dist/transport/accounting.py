@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from layeredge_dist.codecs.base import SUPPORTED_DTYPES
+from layeredge_dist.codecs.base import WIRE_DTYPES
 from layeredge_dist.types import Direction, EdgeId, TensorRole
 
 
@@ -75,6 +75,7 @@ def emit(hooks: tuple[AccountingHook, ...], record: TransferRecord, counters: Co
 
 
 def raw_bytes(dtype: str, elements: int) -> int:
-    """Size of the original tensor in bytes (0 for an unknown dtype)."""
-    t = SUPPORTED_DTYPES.get(dtype)
+    """Size of the original tensor in bytes: ``elements`` x the itemsize of ``dtype``, a wire dtype name from
+    ``WIRE_DTYPES`` (8 B for int64, 1 B for bool); 0 for an unknown dtype."""
+    t = WIRE_DTYPES.get(dtype)
     return 0 if t is None else t.itemsize * elements

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from layeredge_dist.codecs import parse_any
-from layeredge_dist.codecs.base import SUPPORTED_DTYPES
+from layeredge_dist.codecs.base import WIRE_DTYPES
 from layeredge_dist.types import EdgeId, TensorRole
 
 from . import checksum as _checksum
@@ -66,20 +66,31 @@ class FrameHeader:
 
 
 @functools.lru_cache(maxsize=512)
-def _check_codec_cached(spec: str) -> None:
-    """Raise CodecError unless ``spec`` names a known codec with valid arguments (cached: specs repeat)."""
-    parse_any(spec)
+def _codec_dtypes(spec: str) -> tuple[str, ...]:
+    """The dtype names the codec ``spec`` accepts, sorted; raises CodecError unless ``spec`` names a known codec
+    with valid arguments (cached: specs repeat)."""
+    return tuple(sorted(parse_any(spec).input_dtypes))
 
 
-def _check_codec(spec: object, limits: Limits) -> None:
+def _check_codec(spec: object, limits: Limits) -> tuple[str, ...]:
+    """Check the codec field and return the dtype names that codec accepts; FrameError (``codec``) otherwise."""
     if not isinstance(spec, str) or not spec:
         raise FrameError("codec", f"expected a non-empty codec spec string, found {spec!r}")
     if len(spec) > limits.max_codec_chars:
         raise FrameError("codec", f"expected at most {limits.max_codec_chars} characters, found {len(spec)}")
     try:
-        _check_codec_cached(spec)
+        return _codec_dtypes(spec)
     except ValueError as e:  # CodecError is a ValueError
         raise FrameError("codec", f"expected a known codec spec, found {spec!r} ({e})") from None
+
+
+def _check_dtype(dtype: object, codec: str, accepted: tuple[str, ...]) -> None:
+    """FrameError (``dtype``) unless ``dtype`` is a wire dtype that ``codec`` accepts (integer dtypes: ``raw``)."""
+    if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:
+        raise FrameError("dtype", f"expected one of {sorted(WIRE_DTYPES)}, found {dtype!r}")
+    if dtype not in accepted:
+        raise FrameError("dtype", f"expected one of {list(accepted)} for codec {codec!r}, found {dtype!r} "
+                                  "(integer dtypes travel only with codec 'raw')")
 
 
 # ---- validation ---------------------------------------------------------------------------------------------
@@ -89,10 +100,11 @@ def validate_header(header: FrameHeader, limits: Limits, payload: Buffer | None 
     """Check every field of ``header`` (and, when given, the payload against it) before anything is decoded.
 
     Checks: role is a TensorRole; edge is an EdgeId; step and micro_batch in range; codec spec parseable;
-    dtype known; shape has at most ``limits.max_ndim`` non-negative dims whose product is at most
-    ``limits.max_elements``; payload_length at most ``limits.max_frame_bytes``; checksum kind known and
-    computable here. With ``payload`` (a contiguous byte buffer): its length equals payload_length and its
-    checksum matches. Raises :class:`FrameError` naming the first bad field.
+    dtype one of ``WIRE_DTYPES`` and accepted by the codec (integer dtypes only with ``raw``); shape has at most
+    ``limits.max_ndim`` non-negative dims whose product is at most ``limits.max_elements``; payload_length at
+    most ``limits.max_frame_bytes``; checksum kind known and computable here. With ``payload`` (a contiguous
+    byte buffer): its length equals payload_length and its checksum matches. Raises :class:`FrameError` naming
+    the first bad field.
     """
     if not isinstance(header.role, TensorRole):
         raise FrameError("role", f"expected one of {_role_names()}, found {header.role!r}")
@@ -102,9 +114,8 @@ def validate_header(header: FrameHeader, limits: Limits, payload: Buffer | None 
         value = getattr(header, name)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= bound:
             raise FrameError(name, f"expected an int in [0, {bound}], found {value!r}")
-    _check_codec(header.codec, limits)
-    if header.dtype not in SUPPORTED_DTYPES:
-        raise FrameError("dtype", f"expected one of {sorted(SUPPORTED_DTYPES)}, found {header.dtype!r}")
+    accepted = _check_codec(header.codec, limits)
+    _check_dtype(header.dtype, header.codec, accepted)
     _check_shape(header.shape, limits)
     n = header.payload_length
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:

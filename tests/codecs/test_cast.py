@@ -160,8 +160,10 @@ def test_payload_validation(name: str) -> None:
         c.decode(Encoded(name, enc.shape, enc.dtype, torch.cat([enc.payload, enc.payload[:1]])))
     with pytest.raises(CodecError, match=rf"does not match shape \(11,\)"):
         c.decode(Encoded(name, (11,), enc.dtype, enc.payload))
-    with pytest.raises(CodecError, match="unknown dtype 'int8'"):
+    with pytest.raises(CodecError, match="unsupported dtype 'int8'"):  # a wire dtype, but only raw carries it
         c.decode(Encoded(name, enc.shape, "int8", enc.payload))
+    with pytest.raises(CodecError, match="unknown dtype 'float64'"):
+        c.decode(Encoded(name, enc.shape, "float64", enc.payload))
     other = "fp16" if name != "fp16" else "bf16"
     with pytest.raises(CodecError, match=f"codec mismatch: payload was encoded with '{name}', decoder is '{other}'"):
         codec(other).decode(enc)

@@ -8,7 +8,8 @@ Each family's error bound is stated from its definition:
   with round-to-nearest and ``A / c`` with stochastic rounding, ``A`` the block's absmax; with ``rht`` the same
   holds in the rotated domain, which gives ``||y - x||_2 <= sqrt(B) ||x||_2 / c`` (the rotation is orthonormal
   and a rotated block's absmax is at most its L2 norm);
-* sparsifiers: zero off the kept positions; kept values exact (raw) or within the value codec's bound.
+* sparsifiers: zero off the kept positions; kept values exact (raw) or within the value codec's bound;
+* ``raw``: bit-exact.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from layeredge_dist.codecs.base import Codec, CodecError, Encoded
 from layeredge_dist.codecs.cast import CastCodec
 from layeredge_dist.codecs.quant import IntQuantCodec
+from layeredge_dist.codecs.raw import RawCodec
 from layeredge_dist.codecs.registry import EXAMPLES, parse_any, parse_codec
 from layeredge_dist.codecs.sparse import SparseCodec
 from layeredge_dist.codecs.spec import Wrapped, parse_spec
@@ -112,7 +114,10 @@ def _assert_quant_bound(codec: IntQuantCodec, x: torch.Tensor, y: torch.Tensor) 
 
 
 def _assert_value_bound(codec: Codec, x: torch.Tensor, y: torch.Tensor) -> None:
-    if isinstance(codec, CastCodec):
+    if isinstance(codec, RawCodec):
+        same_bits = torch.equal(y.reshape(-1).view(torch.uint8), x.reshape(-1).contiguous().view(torch.uint8))
+        assert same_bits, "raw: not bit-exact"
+    elif isinstance(codec, CastCodec):
         _assert_cast_bound(codec, x, y)
     elif isinstance(codec, IntQuantCodec):
         _assert_quant_bound(codec, x, y)
@@ -145,7 +150,7 @@ def test_every_stateless_family_has_a_bound() -> None:
     for spec in STATELESS:
         codec = parse_codec(spec)
         inner = codec.values if isinstance(codec, SparseCodec) else codec
-        assert inner is None or isinstance(inner, (CastCodec, IntQuantCodec)), spec
+        assert inner is None or isinstance(inner, (CastCodec, IntQuantCodec, RawCodec)), spec
 
 
 @pytest.mark.parametrize("spec", STATELESS)
@@ -159,7 +164,9 @@ def test_round_trip_shape_dtype_bound_and_size(spec: str, x: torch.Tensor, seed:
     assert y.shape == x.shape and y.dtype == x.dtype
     assert bool(torch.isfinite(y).all())
     _assert_within_bound(codec, x, enc, y)
-    if not (isinstance(codec, SparseCodec) and codec.data_dependent):
+    if isinstance(codec, RawCodec):  # its size depends on the dtype
+        assert enc.nbytes == codec.payload_nbytes(x.numel(), x.dtype)
+    elif not (isinstance(codec, SparseCodec) and codec.data_dependent):
         assert enc.nbytes == codec.payload_nbytes(x.numel())
     out = torch.empty(tuple(x.shape), dtype=x.dtype)
     assert torch.equal(codec.decode(enc, out=out), y)
@@ -201,8 +208,8 @@ def test_corrupted_payloads_raise_codec_error_or_decode_finite(spec: str, data: 
     except CodecError:
         return
     assert y.shape == x.shape and y.dtype == x.dtype
-    if not isinstance(codec, CastCodec):
-        # Plain casts carry NaN/Inf through by design (see cast.py: fp16 overflows to Inf, NaN stays NaN), so a
+    if not isinstance(codec, (CastCodec, RawCodec)):
+        # Plain casts and raw carry NaN/Inf through by design (see cast.py: fp16 overflows to Inf, NaN stays NaN), so a
         # flipped exponent byte may legitimately decode to NaN there; the wire checksum guards those payloads.
         assert bool(torch.isfinite(y).all()), f"{spec}: a corrupted payload decoded to NaN/Inf"
 

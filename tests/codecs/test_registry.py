@@ -108,6 +108,12 @@ def test_non_canonical_specs_normalize(given: str, canonical: str) -> None:
         ("ef()", "non-empty"),
         ("delta(foo)", "unknown codec 'foo'"),
         ("int4 ", "cannot parse"),
+        ("raw:1", "raw takes no argument"),
+        ("raw/b64", "raw takes no argument"),
+        ("topk:0.1+raw", "standalone codec"),
+        ("raw+int8", "sparsifier+valuecodec"),
+        ("ef(raw)", "wrap only float codecs"),
+        ("delta(raw)", "wrap only float codecs"),
     ],
 )
 def test_bad_specs_raise_codec_error_naming_the_problem(spec: str, needle: str) -> None:

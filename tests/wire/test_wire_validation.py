@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
 
-from layeredge_dist.codecs.base import Encoded
+from layeredge_dist.codecs.base import INTEGER_DTYPES, WIRE_DTYPES, Encoded
 from layeredge_dist.types import EdgeId, StageId, TensorRole
 from layeredge_dist.wire import (
     ChecksumKind,
@@ -90,10 +91,49 @@ def test_overlong_codec_spec() -> None:
     _raises(_proto(codec="fp16" + "/x" * 200), "codec", r"codec: expected at most 256 characters, found 404")
 
 
-@pytest.mark.parametrize("dtype", ["int32", "", "float64", "Float32"])
+WIRE_DTYPE_LIST = r"\['bfloat16', 'bool', 'float16', 'float32', 'int16', 'int32', 'int64', 'int8', 'uint8'\]"
+
+
+@pytest.mark.parametrize("dtype", ["", "float64", "Float32", "int", "uint16"])
 def test_unknown_dtype(dtype: str) -> None:
-    _raises(_proto(dtype=dtype), "dtype", rf"dtype: expected one of \['bfloat16', 'float16', 'float32'\], "
-                                          rf"found {dtype!r}")
+    _raises(_proto(dtype=dtype), "dtype", rf"dtype: expected one of {WIRE_DTYPE_LIST}, found {dtype!r}")
+
+
+def _int_frame(codec: str, dtype: str = "int64", numel: int = 6) -> Frame:
+    x = torch.arange(numel, dtype=torch.int64).to(WIRE_DTYPES[dtype])
+    return frame_from_encoded(Encoded(codec, (2, numel // 2), dtype, x.view(torch.uint8)), EdgeId.parse("s0->s1"),
+                              TensorRole.ACTIVATION, step=1, micro_batch=0)
+
+
+@pytest.mark.parametrize("dtype", sorted(INTEGER_DTYPES))
+def test_integer_frame_with_raw_is_valid(dtype: str) -> None:
+    frame = _int_frame("raw", dtype)
+    validate_frame(frame, LIMITS)
+    assert header_from_bytes(header_to_bytes(frame.header), LIMITS) == frame.header
+
+
+@pytest.mark.parametrize("codec", ["int8", "fp16", "topk:0.5", "topk:0.5+int8", "ef(int4)", "delta(int2)"])
+def test_integer_frame_with_lossy_codec_is_rejected_on_dtype(codec: str) -> None:
+    frame = _int_frame(codec)
+    pattern = (rf"dtype: expected one of \['bfloat16', 'float16', 'float32'\] for codec {re.escape(repr(codec))}, "
+               r"found 'int64' \(integer dtypes travel only with codec 'raw'\)")
+    with pytest.raises(FrameError, match=pattern) as info:
+        validate_frame(frame, LIMITS)
+    assert info.value.field == "dtype"
+    _raises(header_to_bytes(frame.header), "dtype", r"dtype: expected one of .* for codec")
+
+
+def test_float_frame_with_raw_is_valid() -> None:
+    validate_frame(_frame(), LIMITS)
+    payload = torch.arange(64, dtype=torch.uint8)
+    frame = frame_from_encoded(Encoded("raw", (16,), "float32", payload), EdgeId.parse("s0->s1"),
+                               TensorRole.GRADIENT, step=0, micro_batch=0)
+    validate_frame(frame, LIMITS)
+
+
+@pytest.mark.parametrize("codec", ["ef(raw)", "delta(raw)", "topk:0.5+raw", "raw:1"])
+def test_raw_compositions_are_bad_codec_fields(codec: str) -> None:
+    _raises(_proto(codec=codec), "codec", rf"codec: expected a known codec spec, found {re.escape(repr(codec))}")
 
 
 def test_shape_too_many_dims_and_too_many_elements() -> None:
