@@ -44,13 +44,9 @@ def concat_sides(sides: Sequence[Side]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([s[k] for s in sides], dim=0) for k in sides[0]}
 
 
-def partition_grads(model: ModelSpec, cuts: Sequence[int], parts: Sequence[Partition]) -> dict[str, torch.Tensor]:
-    """Parameter gradients of all partitions under native names, tied copies summed into their source.
-
-    Parameters without a gradient are left out.
-    """
-    per_stage = [{k: p.grad for k, p in part.named_parameters(remove_duplicate=False) if p.grad is not None}
-                 for part in parts]
+def merge_grads(model: ModelSpec, cuts: Sequence[int],
+                per_stage: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Per-(virtual-)stage gradients in partition keys -> native names, tied copies summed into their source."""
     merged = merge_state_dicts(model, cuts, per_stage)
     keymap = family_for(model.family, model.config).key_map()
     for dst, src in keymap.tied:
@@ -59,6 +55,44 @@ def partition_grads(model: ModelSpec, cuts: Sequence[int], parts: Sequence[Parti
             if copy is not merged[src]:
                 merged[src] = merged[src] + copy
     return merged
+
+
+def partition_grads(model: ModelSpec, cuts: Sequence[int], parts: Sequence[Partition]) -> dict[str, torch.Tensor]:
+    """Parameter gradients of all partitions under native names, tied copies summed into their source.
+
+    Parameters without a gradient are left out.
+    """
+    return merge_grads(model, cuts, [{k: p.grad for k, p in part.named_parameters(remove_duplicate=False)
+                                      if p.grad is not None} for part in parts])
+
+
+def reference_step(model: ModelSpec, inputs: Sequence[torch.Tensor],
+                   sides: Sequence[Mapping[str, torch.Tensor]]) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Single-process reference of one pipeline training step: the native model in train mode runs each
+    micro-batch, backpropagating ``loss / len(inputs)``; returns the per-micro-batch losses and the accumulated
+    gradients under native names."""
+    native = build_reference(model=model)
+    native.train()
+    family = family_for(model.family, model.config)
+    losses = []
+    for x, side in zip(inputs, sides):
+        loss = family.native_loss(native, x, side)
+        (loss / len(inputs)).backward()
+        losses.append(float(loss.detach()))
+    return losses, {k: p.grad for k, p in native.named_parameters() if p.grad is not None}
+
+
+def grad_difference(want: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor]) -> tuple[float, str]:
+    """Largest absolute gradient difference and the parameter it occurs in.
+
+    Raises AssertionError when the two hold different parameter sets.
+    """
+    if set(want) != set(got):
+        raise AssertionError(f"gradient sets differ: only reference {sorted(set(want) - set(got))[:3]}, "
+                             f"only pipeline {sorted(set(got) - set(want))[:3]}")
+    diffs = {k: float((got[k] - g).abs().max()) for k, g in want.items()}
+    worst = max(diffs, key=diffs.__getitem__)
+    return diffs[worst], worst
 
 
 def compare_chain(
@@ -100,10 +134,5 @@ def compare_chain(
     native_loss.backward()
     step = train_chain(parts, list(inputs), list(sides))
     want_grads = {k: p.grad for k, p in native.named_parameters() if p.grad is not None}
-    got_grads = partition_grads(model, cuts, parts)
-    if set(want_grads) != set(got_grads):
-        raise AssertionError(f"gradient sets differ: only native {sorted(set(want_grads) - set(got_grads))[:3]}, "
-                             f"only partitions {sorted(set(got_grads) - set(want_grads))[:3]}")
-    diffs = {k: float((got_grads[k] - g).abs().max()) for k, g in want_grads.items()}
-    worst = max(diffs, key=diffs.__getitem__)
-    return Agreement(out_diff, abs(step.loss - native_loss.item()), diffs[worst], worst, step.loss)
+    worst_diff, worst = grad_difference(want_grads, partition_grads(model, cuts, parts))
+    return Agreement(out_diff, abs(step.loss - native_loss.item()), worst_diff, worst, step.loss)

@@ -1,0 +1,219 @@
+"""One process's end of the edge transport: a server for incoming edges, senders to peers, codecs per edge.
+
+Both stages and the driver ("host") use an :class:`Endpoint`. A tensor is sent as one frame identified by
+``(edge, role, seq, wire micro-batch)``; ``seq`` numbers every pipeline call (training step, evaluation or
+inference batch) and only grows, so frames left over from an aborted call are recognised as stale and dropped.
+Frames that arrive before they are wanted are stashed until asked for.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping
+
+import torch
+
+from layeredge_dist.codecs import parse_any
+from layeredge_dist.codecs.stateful import DeltaCodec, DeltaState, EFState, ErrorFeedback
+from layeredge_dist.transport import (
+    DeadlineExceeded,
+    EdgeSender,
+    StageServer,
+    TransportConfig,
+    open_sender,
+)
+from layeredge_dist.types import Direction, EdgeId, TensorRole
+from layeredge_dist.wire import Frame, encoded_from_frame, frame_from_encoded
+
+from .errors import PeerTimeout, StepAborted
+from .meter import EdgeMeter
+from .spec import edge
+
+_POLL_S = 0.25  # how often a blocked receive checks for an abort or a dead peer
+
+
+def _storage_ptr(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+class Endpoint:
+    """Edge transport of stage ``index`` (the host uses index ``num_stages``).
+
+    ``bind`` is the ``host`` part of the server address (port chosen freely). Raises OSError when the server
+    cannot bind. Not thread-safe except :meth:`abort`, which may be called from any thread.
+    """
+
+    def __init__(self, index: int, transport: TransportConfig, bind: str = "127.0.0.1") -> None:
+        self.index = index
+        self.meter = EdgeMeter()
+        self._transport = transport
+        self._server = StageServer(f"{bind}:0", transport, hooks=(self.meter.transport_hook,))
+        self._server.start()
+        self._peers: dict[int, str] = {}
+        self._senders: dict[tuple[int, TensorRole], EdgeSender] = {}
+        self._stash: dict[tuple[EdgeId, TensorRole], dict[tuple[int, int], Frame]] = {}
+        self._codecs: dict[str, object] = {}
+        self._ef: dict[Hashable, EFState] = {}
+        self._delta: dict[Hashable, DeltaState] = {}
+        self._abort = threading.Event()
+        self.stale_frames = 0
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of this endpoint's server."""
+        return self._server.address
+
+    # ---- wiring ---------------------------------------------------------------------------------------------
+
+    def connect(self, peers: Mapping[int, str]) -> None:
+        """Use ``peers`` (stage index -> ``host:port``) from now on; senders to changed addresses are reopened."""
+        for (dst, role), sender in list(self._senders.items()):
+            if peers.get(dst) != self._peers.get(dst):
+                sender.close()
+                del self._senders[(dst, role)]
+        self._peers = dict(peers)
+
+    def _sender(self, dst: int, role: TensorRole) -> EdgeSender:
+        sender = self._senders.get((dst, role))
+        if sender is None:
+            address = self._peers.get(dst)
+            if address is None:
+                raise RuntimeError(f"stage {self.index} has no address for stage {dst}; connect() it first")
+            sender = open_sender(address, edge(self.index, dst), role, self._transport,
+                                 hooks=(self.meter.transport_hook,))
+            self._senders[(dst, role)] = sender
+        return sender
+
+    # ---- codecs ---------------------------------------------------------------------------------------------
+
+    def _codec(self, spec: str) -> object:
+        codec = self._codecs.get(spec)
+        if codec is None:
+            codec = self._codecs[spec] = parse_any(spec)
+        return codec
+
+    def _encode(self, spec: str, x: torch.Tensor, key: Hashable):  # type: ignore[no-untyped-def]
+        codec = self._codec(spec)
+        if isinstance(codec, ErrorFeedback):
+            state = self._ef.get(key)
+            if state is None:
+                state = self._ef[key] = codec.new_state()
+            return codec.encode(x, state)
+        if isinstance(codec, DeltaCodec):
+            dstate = self._delta.get(("send", spec, key))
+            if dstate is None:
+                dstate = self._delta[("send", spec, key)] = codec.new_state()
+            return codec.encode(x, dstate, key)
+        return codec.encode(x)  # type: ignore[attr-defined]
+
+    def _decode(self, frame: Frame, key: Hashable) -> torch.Tensor:
+        spec = frame.header.codec
+        codec = self._codec(spec)
+        enc = encoded_from_frame(frame)
+        if isinstance(codec, DeltaCodec):
+            dstate = self._delta.get(("recv", spec, key))
+            if dstate is None:
+                dstate = self._delta[("recv", spec, key)] = codec.new_state()
+            return codec.decode(enc, dstate, key)
+        return codec.decode(enc)  # type: ignore[attr-defined]
+
+    # ---- data -----------------------------------------------------------------------------------------------
+
+    def send(self, dst: int, role: TensorRole, seq: int, wire_mb: int, x: torch.Tensor, spec: str,
+             timeout_s: float) -> None:
+        """Encode ``x`` with codec ``spec`` and queue it for stage ``dst`` (returns before delivery).
+
+        Raises CodecError for a bad spec or input, and the transport's errors (PeerUnavailable,
+        DeadlineExceeded, FrameRejected, ...) when the peer cannot take it.
+        """
+        e = edge(self.index, dst)
+        t0 = time.perf_counter()
+        enc = self._encode(spec, x, (e, role, wire_mb))
+        frame = frame_from_encoded(enc, e, role, seq, wire_mb)
+        self.meter.coded(e, role, Direction.SEND, spec, x.numel(), x.numel() * x.element_size(),
+                         time.perf_counter() - t0)
+        self._sender(dst, role).send(frame, timeout_s=timeout_s)
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait until every frame sent so far is acknowledged by its receiver."""
+        for sender in self._senders.values():
+            sender.flush(timeout_s=timeout_s)
+
+    def receive(self, src: int, role: TensorRole, seq: int, wire_mb: int, timeout_s: float,
+                what: str, check: Callable[[], None] | None = None) -> torch.Tensor:
+        """The decoded tensor ``(seq, wire_mb)`` from stage ``src`` with ``role``.
+
+        Polls every 0.25 s: raises StepAborted once :meth:`abort` was called, whatever ``check()`` raises (a
+        dead-peer probe), and PeerTimeout after ``timeout_s`` seconds naming ``what`` was awaited.
+        Stale frames (older ``seq``) are dropped and counted in ``stale_frames``.
+        """
+        e = edge(src, self.index)
+        stash = self._stash.setdefault((e, role), {})
+        frame = stash.pop((seq, wire_mb), None)
+        if frame is None:
+            rx = self._server.receiver(e, role)
+            deadline = time.monotonic() + timeout_s
+            while frame is None:
+                if self._abort.is_set():
+                    raise StepAborted(f"stage {self.index}: step {seq} aborted while waiting for {what}")
+                if check is not None:
+                    check()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PeerTimeout(f"stage {self.index} waited {timeout_s:.0f} s for {what} (call {seq}) on "
+                                      f"{e}: stage {src} is dead, stuck or unreachable")
+                try:
+                    got = rx.receive(timeout_s=min(remaining, _POLL_S))
+                except DeadlineExceeded:
+                    continue
+                h = got.header
+                if (h.step, h.micro_batch) == (seq, wire_mb):
+                    frame = got
+                elif h.step < seq:
+                    self.stale_frames += 1
+                else:
+                    stash[(h.step, h.micro_batch)] = got
+        t0 = time.perf_counter()
+        out = self._decode(frame, (e, role, wire_mb))
+        n = out.numel()
+        self.meter.coded(e, role, Direction.RECV, frame.header.codec, n, n * out.element_size(),
+                         time.perf_counter() - t0)
+        if _storage_ptr(out) != _storage_ptr(frame.payload):
+            self._server.receiver(e, role).release(frame)
+        return out
+
+    # ---- control --------------------------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Make the current and every later receive raise StepAborted until :meth:`reset`. Thread-safe."""
+        self._abort.set()
+
+    @property
+    def aborted(self) -> bool:
+        """Whether :meth:`abort` was called since the last reset."""
+        return self._abort.is_set()
+
+    def reset(self) -> None:
+        """Forget stashed frames and close senders (reopened on next use); clear the abort flag."""
+        for sender in self._senders.values():
+            sender.close()
+        self._senders.clear()
+        self._stash.clear()
+        self._abort.clear()
+
+    def codec_state(self) -> dict[str, dict[Hashable, object]]:
+        """Error-feedback residuals and delta references (for checkpoints)."""
+        return {"ef": dict(self._ef), "delta": dict(self._delta)}
+
+    def load_codec_state(self, state: Mapping[str, Mapping[Hashable, object]]) -> None:
+        """Restore what :meth:`codec_state` returned."""
+        self._ef = dict(state.get("ef", {}))  # type: ignore[arg-type]
+        self._delta = dict(state.get("delta", {}))  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Close senders and stop the server. Idempotent."""
+        for sender in self._senders.values():
+            sender.close()
+        self._senders.clear()
+        self._server.stop(grace_s=0.5)

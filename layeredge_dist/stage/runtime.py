@@ -1,0 +1,296 @@
+"""The stage runtime: hosts one stage's partition(s) and executes its schedule over the edge transport.
+
+A :class:`Stage` is plain Python (no Ray): the pipeline layer wraps it in an actor, tests run several in
+threads. Per call (:meth:`Stage.run_step`) it walks its action list: receives activations (stage 0 gets the
+model input from the host), runs forwards, sends activations onward (the last virtual stage sends the loss or
+the output to the host), receives gradients, runs backwards, sends gradients back and steps its own optimizer.
+Each edge and direction is encoded with the codec the plan gives it (:class:`~.spec.EdgeCodecs`).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from layeredge_dist.model import Partition, SavedForward, build_partition, stage_backward, stage_forward
+from layeredge_dist.model.family import Side
+from layeredge_dist.schedule import (
+    Backward,
+    Forward,
+    OptimizerStep,
+    RecvAct,
+    RecvGrad,
+    Schedule,
+    SendAct,
+    SendGrad,
+)
+from layeredge_dist.types import EdgeStats, TensorRole
+
+from . import checkpoint
+from .endpoint import Endpoint
+from .errors import StageError
+from .spec import HOST_CODEC, TRAINING, Mode, StageSpec, edge, wire_microbatch
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one stage did in one call. Seconds; bytes."""
+
+    stage: int
+    seq: int
+    mode: str
+    total_s: float
+    compute_s: float
+    wait_s: float  # blocked in receives
+    saved_bytes_peak: int  # tensors saved for backward, live at once (upper bound: shared storage counted twice)
+
+
+class _SavedBytes:
+    """Counts bytes of tensors autograd saves for backward (per forward), via saved-tensor hooks."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        self.total += t.numel() * t.element_size()
+        return t
+
+    @staticmethod
+    def unpack(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (bytes; 0 where /proc is unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Stage:
+    """Stage ``spec.index`` of a pipeline: its partitions, optimizer and edge endpoint.
+
+    ``bind`` is the host its server listens on. Construction builds the partitions from ``spec.model`` (never a
+    pickled model), which raises ValueError for cuts that do not fit and KeyError for an unknown family; a model
+    whose tied parameters would span two stages raises StageError (not supported yet).
+    """
+
+    def __init__(self, spec: StageSpec, bind: str = "127.0.0.1") -> None:
+        self.spec = spec
+        self.device = torch.device(spec.device)
+        self.parts: list[Partition] = [build_partition(ps, device=self.device) for ps in spec.partition_specs()]
+        for part in self.parts:
+            ties = part.family.tied_partition_keys()
+            if ties and part.spec.num_stages > 1 and part.spec.is_last:
+                raise StageError(f"{part.family.name} ties {ties[0][0]} to {ties[0][1]}, and the cut puts them on "
+                                 "different stages; keep the first and last block on one stage or untie them")
+        self.optimizer = spec.optimizer.build([p for part in self.parts for p in part.parameters()])
+        self.endpoint = Endpoint(spec.index, spec.transport, bind)
+        self._schedules: dict[str, Schedule] = {}
+        self._last_virtual = spec.num_stages * spec.chunks - 1
+        self.saved_bytes_peak = 0
+        self.steps_done = 0  # optimizer steps taken (restored from checkpoints)
+
+    # ---- wiring ---------------------------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of this stage's edge server."""
+        return self.endpoint.address
+
+    def connect(self, peers: Mapping[int, str]) -> None:
+        """Addresses of the other stages and of the host (index ``num_stages``)."""
+        self.endpoint.connect(peers)
+
+    def schedule(self, mode: Mode) -> Schedule:
+        """The (cached) schedule of a call in ``mode``."""
+        sched = self._schedules.get(mode)
+        if sched is None:
+            sched = self._schedules[mode] = self.spec.build_schedule(mode)
+        return sched
+
+    # ---- one call -------------------------------------------------------------------------------------------
+
+    def run_step(self, seq: int, sides: Sequence[Side], mode: Mode = "train") -> StepReport:
+        """Execute this stage's actions for call ``seq`` with per-micro-batch side inputs ``sides``.
+
+        ``mode``: ``train`` (forwards, backwards, optimizer step; the last stage sends each micro-batch's loss to
+        the host), ``grad`` (like train but without the optimizer step: gradients stay for inspection), ``eval`` (forwards; losses to the host) or ``infer`` (forwards; model outputs to the host).
+        Raises PeerTimeout when a tensor does not arrive in ``spec.recv_timeout_s``, StepAborted after
+        :meth:`abort`, and the transport's or codecs' errors; per-call state is then discarded (gradients zeroed,
+        the optimizer not stepped).
+        """
+        spec = self.spec
+        if len(sides) != spec.microbatches:
+            raise ValueError(f"stage {spec.index}: {len(sides)} side inputs for {spec.microbatches} micro-batches")
+        sched = self.schedule(mode)
+        p, m = spec.num_stages, spec.microbatches
+        timeout = spec.recv_timeout_s
+        t_start = time.perf_counter()
+        wait = 0.0
+        inputs: dict[tuple[int, int], torch.Tensor] = {}
+        outputs: dict[tuple[int, int], torch.Tensor] = {}
+        grads: dict[tuple[int, int], torch.Tensor | None] = {}
+        saved: dict[tuple[int, int], tuple[SavedForward, int]] = {}
+        live_saved = 0
+        for part in self.parts:
+            part.train(mode in TRAINING)
+        try:
+            for action in sched.stages[spec.index]:
+                if isinstance(action, (RecvAct, RecvGrad)):
+                    msg = sched.message(spec.index, action)
+                    assert msg is not None
+                    role = TensorRole.ACTIVATION if isinstance(action, RecvAct) else TensorRole.GRADIENT
+                    t0 = time.perf_counter()
+                    x = self.endpoint.receive(action.peer, role, seq, wire_microbatch(msg.src, action.mb, p, m),
+                                              timeout, f"{role.value} of micro-batch {action.mb} from stage "
+                                              f"{action.peer}")
+                    wait += time.perf_counter() - t0
+                    (inputs if role is TensorRole.ACTIVATION else grads)[(action.chunk, action.mb)] = (
+                        x.to(self.device))
+                elif isinstance(action, Forward):
+                    key = (action.chunk, action.mb)
+                    v = sched.virtual_stage(spec.index, action.chunk)
+                    if v == 0:
+                        t0 = time.perf_counter()
+                        x = self.endpoint.receive(spec.host, TensorRole.ACTIVATION, seq, action.mb, timeout,
+                                                  f"model input of micro-batch {action.mb} from the host")
+                        wait += time.perf_counter() - t0
+                        x = x.to(self.device)
+                    else:
+                        x = inputs.pop(key)
+                    side = {k: t.to(self.device) for k, t in sides[action.mb].items()}
+                    y = self._forward(self.parts[action.chunk], x, side, mode, key, saved)
+                    if mode in TRAINING:
+                        live_saved += saved[key][1]
+                        self.saved_bytes_peak = max(self.saved_bytes_peak, live_saved)
+                    if v == self._last_virtual:
+                        self.endpoint.send(spec.host, TensorRole.ACTIVATION, seq, action.mb, y.cpu(), HOST_CODEC,
+                                           timeout)
+                    else:
+                        outputs[key] = y
+                elif isinstance(action, SendAct):
+                    e = edge(spec.index, action.peer)
+                    msg = sched.message(spec.index, action)
+                    assert msg is not None
+                    self.endpoint.send(action.peer, TensorRole.ACTIVATION, seq,
+                                       wire_microbatch(msg.src, action.mb, p, m),
+                                       outputs.pop((action.chunk, action.mb)).cpu(),
+                                       spec.codecs.spec_for(e, TensorRole.ACTIVATION), timeout)
+                elif isinstance(action, Backward):
+                    key = (action.chunk, action.mb)
+                    state, nbytes = saved.pop(key)
+                    g_in = stage_backward(state, grads.pop(key, None))
+                    live_saved -= nbytes
+                    outputs[key] = g_in  # type: ignore[assignment]
+                elif isinstance(action, SendGrad):
+                    e = edge(spec.index, action.peer)
+                    msg = sched.message(spec.index, action)
+                    assert msg is not None
+                    g = outputs.pop((action.chunk, action.mb))
+                    if g is None:
+                        raise StageError(f"stage {spec.index}: micro-batch {action.mb} has no input gradient to "
+                                         "send (integer input?)")
+                    self.endpoint.send(action.peer, TensorRole.GRADIENT, seq,
+                                       wire_microbatch(msg.src, action.mb, p, m), g.cpu(),
+                                       spec.codecs.spec_for(e, TensorRole.GRADIENT), timeout)
+                elif isinstance(action, OptimizerStep):
+                    if mode == "grad":
+                        continue  # gradients stay for inspection (verify)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.steps_done += 1
+            self.endpoint.flush(timeout)
+        except BaseException:
+            self.optimizer.zero_grad(set_to_none=True)  # a failed call leaves no half-accumulated gradients
+            raise
+        total = time.perf_counter() - t_start
+        return StepReport(spec.index, seq, mode, total, total - wait, wait, self.saved_bytes_peak)
+
+    def _forward(self, part: Partition, x: torch.Tensor, side: Side, mode: Mode, key: tuple[int, int],
+                 saved: dict[tuple[int, int], tuple[SavedForward, int]]) -> torch.Tensor:
+        if mode in TRAINING:
+            counter = _SavedBytes()
+            with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+                y, state = stage_forward(part, x, side, train=True, loss_scale=1.0 / self.spec.microbatches)
+            assert state is not None
+            saved[key] = (state, counter.total)
+            return y
+        with torch.no_grad():
+            out = part(x, side)
+            if mode == "eval" and part.spec.is_last:
+                return part.loss(out, side).detach()
+            return out
+
+    # ---- control --------------------------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Make a running :meth:`run_step` stop at its next receive (StepAborted). Thread-safe."""
+        self.endpoint.abort()
+
+    def reset(self, peers: Mapping[int, str] | None = None) -> None:
+        """Discard per-call state after a failure: stashed frames, senders, gradients; optionally rewire."""
+        self.endpoint.reset()
+        self.optimizer.zero_grad(set_to_none=True)
+        if peers is not None:
+            self.endpoint.connect(peers)
+
+    # ---- state ----------------------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Partition weights, optimizer state, codec state and the step count (what a checkpoint holds)."""
+        return {"stage": self.spec.index, "steps_done": self.steps_done,
+                "model": [part.state_dict() for part in self.parts], "optimizer": self.optimizer.state_dict(),
+                "codec_state": self.endpoint.codec_state()}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state`; raises StageError when it belongs to another stage."""
+        if state["stage"] != self.spec.index or len(state["model"]) != len(self.parts):
+            raise StageError(f"checkpoint of stage {state['stage']} ({len(state['model'])} chunks) cannot load into "
+                             f"stage {self.spec.index} ({len(self.parts)} chunks)")
+        for part, sd in zip(self.parts, state["model"]):
+            part.load_state_dict(sd)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.endpoint.load_codec_state(state["codec_state"])
+        self.steps_done = int(state["steps_done"])
+
+    def save_checkpoint(self, directory: str, step: int) -> str:
+        """Atomically write this stage's state after optimizer step ``step``; returns the file path."""
+        return str(checkpoint.save_stage(directory, step, self.spec.index, self.state()))
+
+    def load_checkpoint(self, directory: str, step: int) -> None:
+        """Load the state this stage saved after step ``step``; FileNotFoundError when it is missing."""
+        self.load_state(checkpoint.load_stage(directory, step, self.spec.index))
+
+    def parameters(self) -> list[dict[str, torch.Tensor]]:
+        """Per local chunk: parameters and buffers under partition keys (detached CPU copies)."""
+        return [{k: v.detach().cpu().clone() for k, v in part.state_dict().items()} for part in self.parts]
+
+    def gradients(self) -> list[dict[str, torch.Tensor]]:
+        """Per local chunk: current parameter gradients under partition keys (parameters without one left out)."""
+        return [{k: p.grad.detach().cpu().clone() for k, p in part.named_parameters(remove_duplicate=False)
+                 if p.grad is not None} for part in self.parts]
+
+    def memory(self) -> dict[str, int]:
+        """Bytes: parameters, optimizer state, peak live saved activations, current and peak process RSS."""
+        params = sum(p.numel() * p.element_size() for part in self.parts for p in part.parameters())
+        opt = sum(t.numel() * t.element_size() for st in self.optimizer.state.values() for t in st.values()
+                  if isinstance(t, torch.Tensor))
+        return {"param_bytes": params, "optimizer_bytes": opt, "saved_activation_bytes_peak": self.saved_bytes_peak,
+                "rss_bytes": rss_bytes(), "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+    def stats(self) -> list[EdgeStats]:
+        """Per-edge traffic of this stage so far."""
+        return self.endpoint.meter.snapshot()
+
+    def close(self) -> None:
+        """Stop the server and close senders. Idempotent."""
+        self.endpoint.close()
