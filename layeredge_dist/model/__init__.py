@@ -16,7 +16,7 @@ from .family import Family, family_for, known_families, register_family
 from .partition import Partition, build_partition, build_reference
 from .spec import ModelSpec, PartitionSpec, check_cuts, even_cuts, partition_specs, stage_blocks
 from .state import TiedParameter, merge_state_dicts, split_state_dict, tied_parameters
-from .workload import ByteLMWorkload, SyntheticWorkload, Workload, split_batch, workload_for
+from .workload import Batch, ByteLMWorkload, SyntheticWorkload, Workload, split_batch, workload_for
 
 __all__ = [
     "BatchSampler", "ByteGPTConfig", "CorpusConfig", "TextCorpus", "byte_gpt_spec", "fixed_batches", "load_corpus",
@@ -25,5 +25,5 @@ __all__ = [
     "build_partition", "build_reference", "check_cuts", "even_cuts", "family_for", "known_families",
     "merge_state_dicts", "partition_specs", "register_family", "run_chain", "split_state_dict", "stage_backward",
     "stage_blocks", "stage_forward", "tied_parameters", "train_chain",
-    "ByteLMWorkload", "SyntheticWorkload", "Workload", "split_batch", "workload_for",
+    "Batch", "ByteLMWorkload", "SyntheticWorkload", "Workload", "split_batch", "workload_for",
 ]

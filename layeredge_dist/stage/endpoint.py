@@ -56,7 +56,8 @@ class Endpoint:
         self._codecs: dict[str, object] = {}
         self._ef: dict[Hashable, EFState] = {}
         self._delta: dict[Hashable, DeltaState] = {}
-        self._abort = threading.Event()
+        self._abort_lock = threading.Lock()
+        self._aborted_upto = -1  # calls with seq <= this give up
         self.stale_frames = 0
 
     @property
@@ -144,7 +145,7 @@ class Endpoint:
                 what: str, check: Callable[[], None] | None = None) -> torch.Tensor:
         """The decoded tensor ``(seq, wire_mb)`` from stage ``src`` with ``role``.
 
-        Polls every 0.25 s: raises StepAborted once :meth:`abort` was called, whatever ``check()`` raises (a
+        Polls every 0.25 s: raises StepAborted once :meth:`abort` covered ``seq``, whatever ``check()`` raises (a
         dead-peer probe), and PeerTimeout after ``timeout_s`` seconds naming ``what`` was awaited.
         Stale frames (older ``seq``) are dropped and counted in ``stale_frames``.
         """
@@ -155,7 +156,7 @@ class Endpoint:
             rx = self._server.receiver(e, role)
             deadline = time.monotonic() + timeout_s
             while frame is None:
-                if self._abort.is_set():
+                if seq <= self._aborted_upto:
                     raise StepAborted(f"stage {self.index}: step {seq} aborted while waiting for {what}")
                 if check is not None:
                     check()
@@ -185,22 +186,18 @@ class Endpoint:
 
     # ---- control --------------------------------------------------------------------------------------------
 
-    def abort(self) -> None:
-        """Make the current and every later receive raise StepAborted until :meth:`reset`. Thread-safe."""
-        self._abort.set()
-
-    @property
-    def aborted(self) -> bool:
-        """Whether :meth:`abort` was called since the last reset."""
-        return self._abort.is_set()
+    def abort(self, seq: int) -> None:
+        """Make receives of every call numbered ``<= seq`` raise StepAborted (later calls are unaffected, so a
+        late abort cannot hit the next call). Thread-safe."""
+        with self._abort_lock:
+            self._aborted_upto = max(self._aborted_upto, seq)
 
     def reset(self) -> None:
-        """Forget stashed frames and close senders (reopened on next use); clear the abort flag."""
+        """Forget stashed frames and close senders (reopened on next use)."""
         for sender in self._senders.values():
             sender.close()
         self._senders.clear()
         self._stash.clear()
-        self._abort.clear()
 
     def codec_state(self) -> dict[str, dict[Hashable, object]]:
         """Error-feedback residuals and delta references (for checkpoints)."""

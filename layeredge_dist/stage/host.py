@@ -51,9 +51,9 @@ class Host:
         self.endpoint.flush(self.timeout_s)
         return out
 
-    def abort(self) -> None:
-        """Stop a blocked :meth:`collect` (StepAborted)."""
-        self.endpoint.abort()
+    def abort(self, seq: int) -> None:
+        """Stop a blocked :meth:`collect` of call ``<= seq`` (StepAborted)."""
+        self.endpoint.abort(seq)
 
     def reset(self) -> None:
         """Forget stashed frames and senders after a failed call."""

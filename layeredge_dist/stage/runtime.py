@@ -232,9 +232,9 @@ class Stage:
 
     # ---- control --------------------------------------------------------------------------------------------
 
-    def abort(self) -> None:
-        """Make a running :meth:`run_step` stop at its next receive (StepAborted). Thread-safe."""
-        self.endpoint.abort()
+    def abort(self, seq: int) -> None:
+        """Make a running :meth:`run_step` of call ``<= seq`` stop at its next receive (StepAborted). Thread-safe."""
+        self.endpoint.abort(seq)
 
     def reset(self, peers: Mapping[int, str] | None = None) -> None:
         """Discard per-call state after a failure: stashed frames, senders, gradients; optionally rewire."""

@@ -43,8 +43,8 @@ class ThreadedPipeline:
             except BaseException as err:  # noqa: BLE001 - handed to the caller
                 errors.append(err)
                 for other in self.stages:
-                    other.abort()
-                self.host.abort()
+                    other.abort(self.seq)
+                self.host.abort(self.seq)
 
         threads = [threading.Thread(target=run, args=(s,)) for s in self.stages]
         for t in threads:
