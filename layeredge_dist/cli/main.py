@@ -15,6 +15,8 @@ Runner = Callable[[argparse.Namespace], int]
 BENCHES: dict[str, str] = {
     "codecs": "encode/decode speed, bits per element and error of every codec",
     "transport": "our edge channel vs. raw TCP: throughput, p50/p99 latency, receiver memory",
+    "pipeline": "stage runtime on a local Ray cluster: val-loss gap per codec, step time vs single process, "
+    "per-hop overhead, memory per stage",
 }
 
 
@@ -34,6 +36,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=module.run)
 
 
+def _add_cluster(sub: argparse._SubParsersAction) -> None:
+    from layeredge_dist.cli import cluster_cmd
+
+    p = sub.add_parser("cluster", help="start a local multi-node Ray cluster, or show a cluster's nodes",
+                       description=cluster_cmd.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cluster_cmd.add_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to render --help in the docs)."""
     parser = argparse.ArgumentParser(
@@ -42,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         "machines.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from layeredge_dist.cli import pipeline_cmd
+
+    pipeline_cmd.add_arguments(sub)
     _add_bench(sub)
+    _add_cluster(sub)
     return parser
 
 

@@ -75,6 +75,13 @@ def rss_bytes() -> int:
         return 0
 
 
+class _NoOptimizer(torch.optim.SGD):
+    """Stands in for the optimizer of a stage without parameters (e.g. only reshapes): steps do nothing."""
+
+    def __init__(self) -> None:
+        super().__init__([torch.zeros(0, requires_grad=True)], lr=0.0)
+
+
 class Stage:
     """Stage ``spec.index`` of a pipeline: its partitions, optimizer and edge endpoint.
 
@@ -92,7 +99,8 @@ class Stage:
             if ties and part.spec.num_stages > 1 and part.spec.is_last:
                 raise StageError(f"{part.family.name} ties {ties[0][0]} to {ties[0][1]}, and the cut puts them on "
                                  "different stages; keep the first and last block on one stage or untie them")
-        self.optimizer = spec.optimizer.build([p for part in self.parts for p in part.parameters()])
+        params = [p for part in self.parts for p in part.parameters()]
+        self.optimizer = spec.optimizer.build(params) if params else _NoOptimizer()
         self.endpoint = Endpoint(spec.index, spec.transport, bind)
         self._schedules: dict[str, Schedule] = {}
         self._last_virtual = spec.num_stages * spec.chunks - 1

@@ -1,0 +1,300 @@
+"""The driver: stage actors on a Ray cluster, wired over the edge transport, and the calls that run them.
+
+:class:`Pipeline` places one :class:`~layeredge_dist.pipeline.actor.StageActor` per stage with a placement group
+(STRICT_SPREAD when there are enough nodes, else PACK), collects each actor's edge-server address, wires
+neighbours, and runs calls: model inputs go to stage 0 and losses / outputs come back from the last stage over
+the edge transport (the driver is pseudo-stage ``P`` there). A stage that dies or hangs is detected while the
+driver waits and reported as :class:`StageFailure` naming the stage; :meth:`Pipeline.recover` waits for Ray to
+restart it (``max_restarts``), rewires everyone and lets the caller reload a checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from layeredge_dist.model import Batch, split_batch
+from layeredge_dist.stage import Host, Mode, StageSpec, StepReport, write_manifest
+from layeredge_dist.types import EdgeStats
+
+from .actor import StageActor
+from .cluster import alive_nodes, choose_placement
+
+_POLL_S = 0.25
+
+
+class StageFailure(RuntimeError):
+    """A stage died, raised, or did not finish a call in time. ``stage`` is its index (None: unknown)."""
+
+    def __init__(self, stage: int | None, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Ray resources and supervision of the stage actors. Seconds for timeouts."""
+
+    cpus_per_stage: float = 1.0
+    gpus_per_stage: float = 0.0
+    placement: str = "auto"
+    max_restarts: int = 1
+    start_timeout_s: float = 120.0
+    step_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """One call's results (per micro-batch, from the last stage) and every stage's report."""
+
+    outputs: list[torch.Tensor]
+    reports: list[StepReport]
+    seconds: float
+
+
+class Pipeline:
+    """Stage actors plus the driver's host endpoint. Use as a context manager or call :meth:`close`.
+
+    ``base`` is the spec every stage gets (its ``index`` is replaced per stage; ``device="auto"`` picks CUDA on
+    GPU nodes). Raises StageFailure when actors do not start within ``start_timeout_s`` and ClusterError when
+    the placement is impossible (e.g. strict_spread on too few nodes).
+    """
+
+    def __init__(self, base: StageSpec, placement: Placement = Placement(), driver_ip: str = "127.0.0.1") -> None:
+        self.base = base
+        self.placement = placement
+        self.num_stages = base.num_stages
+        nodes = alive_nodes()
+        self.strategy = choose_placement(self.num_stages, placement.placement, len(nodes))
+        bundle: dict[str, float] = {"CPU": placement.cpus_per_stage}
+        if placement.gpus_per_stage > 0:
+            bundle["GPU"] = placement.gpus_per_stage
+        self.pg = placement_group([dict(bundle) for _ in range(self.num_stages)], strategy=self.strategy)
+        self.actors: list[Any] = []
+        self.host: Host | None = None
+        self.seq = 0
+        try:
+            try:
+                ray.get(self.pg.ready(), timeout=placement.start_timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                raise StageFailure(None, f"placement group {self.strategy} of {self.num_stages} x {bundle} not "
+                                         f"ready after {placement.start_timeout_s:.0f} s; alive nodes: "
+                                         f"{[(n['ip'], n['resources'].get('CPU')) for n in nodes]}") from None
+            for s in range(self.num_stages):
+                self.actors.append(StageActor.options(
+                    num_cpus=placement.cpus_per_stage, num_gpus=placement.gpus_per_stage,
+                    max_restarts=placement.max_restarts, max_task_retries=0,
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=s),
+                ).remote(replace(base, index=s)))
+            self.host = Host(self.num_stages, base.transport, bind=driver_ip, timeout_s=base.recv_timeout_s)
+            self.infos = self._wait_alive(range(self.num_stages))
+            self._wire()
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- wiring and health ----------------------------------------------------------------------------------
+
+    def _wait_alive(self, stages: Sequence[int]) -> list[dict[str, Any]]:
+        """``info()`` of every stage in ``stages``, retrying while Ray (re)starts them."""
+        deadline = time.monotonic() + self.placement.start_timeout_s
+        infos: dict[int, dict[str, Any]] = {}
+        last_error: BaseException | None = None
+        while len(infos) < len(stages):
+            for s in stages:
+                if s in infos:
+                    continue
+                try:
+                    infos[s] = ray.get(self.actors[s].info.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
+                    last_error = err
+                    if isinstance(err, ray.exceptions.ActorDiedError) and "restart" not in str(err).lower() and \
+                            time.monotonic() > deadline:
+                        break
+            if time.monotonic() > deadline and len(infos) < len(stages):
+                missing = sorted(set(stages) - set(infos))
+                raise StageFailure(missing[0], f"stages {missing} not alive after "
+                                               f"{self.placement.start_timeout_s:.0f} s: {last_error}")
+            if len(infos) < len(stages):
+                time.sleep(_POLL_S)
+        old = getattr(self, "infos", [{} for _ in range(self.num_stages)])
+        return [infos.get(s, old[s]) for s in range(self.num_stages)]
+
+    def peers(self) -> dict[int, str]:
+        """Edge-server address of every stage and of the host."""
+        assert self.host is not None
+        return {i["stage"]: i["address"] for i in self.infos} | {self.num_stages: self.host.address}
+
+    def _wire(self) -> None:
+        assert self.host is not None
+        peers = self.peers()
+        self._gather("reset", peers)
+        self.host.reset()
+        self.host.connect(peers[0], peers[self.num_stages - 1])
+
+    # ---- calls ----------------------------------------------------------------------------------------------
+
+    def call(self, batch: Batch, mode: Mode = "train") -> CallResult:
+        """Run one pipeline call on ``batch`` (split into the spec's micro-batches).
+
+        Raises StageFailure (after aborting the other stages) when a stage raises, dies or exceeds
+        ``step_timeout_s``; the pipeline must then be :meth:`recover` ed before the next call.
+        """
+        assert self.host is not None
+        self.seq += 1
+        seq = self.seq
+        inputs, sides = split_batch(batch, self.base.microbatches)
+        t0 = time.perf_counter()
+        refs = [a.run_step.remote(seq, sides, mode) for a in self.actors]
+        deadline = time.monotonic() + self.placement.step_timeout_s
+
+        def check() -> None:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            for ref in ready:
+                try:
+                    ray.get(ref, timeout=0)
+                except BaseException as err:  # noqa: BLE001 - reported with the stage index
+                    raise self._failure(refs.index(ref), err) from err
+            if time.monotonic() > deadline:
+                pending = [i for i, r in enumerate(refs) if r not in ready]
+                raise StageFailure(pending[0] if pending else None,
+                                   f"call {seq} not finished after {self.placement.step_timeout_s:.0f} s; "
+                                   f"stuck stages: {pending}")
+
+        try:
+            self.host.send_inputs(seq, inputs)
+            outputs = self.host.collect(seq, self.base.microbatches, check)
+            reports = []
+            for i, ref in enumerate(refs):
+                try:
+                    reports.append(ray.get(ref, timeout=max(1.0, deadline - time.monotonic())))
+                except BaseException as err:  # noqa: BLE001 - reported with the stage index
+                    raise self._failure(i, err) from err
+        except BaseException as err:
+            self._abort_all(seq)
+            if isinstance(err, StageFailure):
+                raise
+            culprit = self._first_failed(refs)
+            if culprit is not None:
+                raise culprit from err
+            raise StageFailure(None, f"call {seq} failed on the driver: {err}") from err
+        return CallResult(outputs, reports, time.perf_counter() - t0)
+
+    def _failure(self, stage: int, err: BaseException) -> StageFailure:
+        if isinstance(err, ray.exceptions.RayActorError):
+            return StageFailure(stage, f"stage {stage} died ({type(err).__name__}); node "
+                                       f"{self.infos[stage].get('node_ip')} pid {self.infos[stage].get('pid')}")
+        cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) else err
+        return StageFailure(stage, f"stage {stage} failed: {type(cause).__name__}: {cause}")
+
+    def _first_failed(self, refs: list[Any]) -> StageFailure | None:
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=1.0)
+        for ref in ready:
+            try:
+                ray.get(ref, timeout=0)
+            except BaseException as err:  # noqa: BLE001
+                return self._failure(refs.index(ref), err)
+        return None
+
+    def _abort_all(self, seq: int) -> None:
+        """Make every stage's blocked receive of call ``seq`` give up; ignore stages that are dead."""
+        assert self.host is not None
+        self.host.abort(seq)
+        for a in self.actors:
+            try:
+                a.abort.remote(seq)
+            except Exception:  # noqa: BLE001 - a dead actor cannot be aborted
+                pass
+
+    def recover(self) -> None:
+        """After a StageFailure: wait until every stage answers again (Ray restarts dead ones), let the running
+        calls end, then rewire. Raises StageFailure when a stage stays dead past ``start_timeout_s``."""
+        self.infos = self._wait_alive(range(self.num_stages))
+        self._wire()
+
+    # ---- state ----------------------------------------------------------------------------------------------
+
+    def _gather(self, method: str, *args: Any) -> list[Any]:
+        """Call ``method`` on every stage and wait; a stage that dies or raises becomes a StageFailure."""
+        refs = [getattr(a, method).remote(*args) for a in self.actors]
+        out = []
+        for i, ref in enumerate(refs):
+            try:
+                out.append(ray.get(ref, timeout=self.placement.step_timeout_s))
+            except ray.exceptions.GetTimeoutError:
+                raise StageFailure(i, f"stage {i}: {method} did not answer in "
+                                      f"{self.placement.step_timeout_s:.0f} s") from None
+            except (ray.exceptions.RayError, OSError, ValueError) as err:
+                raise self._failure(i, err) from err
+        return out
+
+    def save_checkpoint(self, directory: str, step: int, info: dict[str, Any]) -> None:
+        """Every stage saves its state after ``step`` optimizer steps; then the manifest marks it complete."""
+        self._gather("save_checkpoint", directory, step)
+        write_manifest(directory, step, dict(info, num_stages=self.num_stages))
+
+    def load_checkpoint(self, directory: str, step: int) -> None:
+        """Every stage loads the state saved after ``step``; StageFailure when their step counts disagree."""
+        done = self._gather("load_checkpoint", directory, step)
+        if set(done) != {step}:
+            raise StageFailure(None, f"checkpoint {step}: stages report steps {done}")
+
+    def _per_virtual(self, per_stage: list[list[dict[str, torch.Tensor]]]) -> list[dict[str, torch.Tensor]]:
+        return [per_stage[v % self.num_stages][v // self.num_stages]
+                for v in range(self.num_stages * self.base.chunks)]
+
+    def parameters(self) -> list[dict[str, torch.Tensor]]:
+        """Per virtual stage (chunk-major order ``v = c * P + s``): partition state dicts."""
+        return self._per_virtual(self._gather("parameters"))
+
+    def gradients(self) -> list[dict[str, torch.Tensor]]:
+        """Per virtual stage: current parameter gradients (after a ``grad`` call)."""
+        return self._per_virtual(self._gather("gradients"))
+
+    def zero_grad(self) -> None:
+        """Drop every stage's gradients."""
+        self._gather("zero_grad")
+
+    def memory(self) -> list[dict[str, int]]:
+        """Per stage: parameter, optimizer, saved-activation and RSS bytes."""
+        return self._gather("memory")
+
+    def stats(self) -> list[EdgeStats]:
+        """Edge traffic of every stage and of the host."""
+        assert self.host is not None
+        return [s for stats in self._gather("stats") for s in stats] + self.host.endpoint.meter.snapshot()
+
+    def kill_stage(self, stage: int) -> None:
+        """Kill stage ``stage``'s process as a crash would (Ray may restart it); for failure drills and tests."""
+        ray.kill(self.actors[stage], no_restart=False)
+
+    def close(self) -> None:
+        """Stop the actors, release the placement group and the host endpoint. Idempotent."""
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self.actors = []
+        if self.pg is not None:
+            try:
+                remove_placement_group(self.pg)
+            except Exception:  # noqa: BLE001
+                pass
+            self.pg = None
+        if self.host is not None:
+            self.host.close()
+            self.host = None
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

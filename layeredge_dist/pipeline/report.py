@@ -1,0 +1,56 @@
+"""Plain-text tables of a run: per-edge traffic and per-stage memory. Pure formatting."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from layeredge_dist.types import Direction, EdgeStats
+
+MB = 1e6
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """A text table; the first ``left`` columns are left-aligned, the rest right-aligned."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    line = fmt(header)
+    return "\n".join([line, "-" * len(line)] + [fmt(r) for r in rows])
+
+
+def traffic_rows(stats: Sequence[EdgeStats]) -> list[dict[str, object]]:
+    """One row per (edge, role, codec), sender's view, with the receiver's decode time added."""
+    decode = {(s.edge, s.role, s.codec): s.decode_s for s in stats if s.direction is Direction.RECV}
+    rows = []
+    for s in sorted((s for s in stats if s.direction is Direction.SEND), key=lambda s: (s.edge, s.role.value)):
+        rows.append({"edge": str(s.edge), "role": s.role.value, "codec": s.codec, "elements": s.elements,
+                     "raw_bytes": s.raw_bytes, "wire_bytes": s.wire_bytes,
+                     "ratio": s.compression_ratio if s.wire_bytes else None,
+                     "bits_per_element": s.bits_per_element, "encode_s": s.encode_s,
+                     "decode_s": decode.get((s.edge, s.role, s.codec), 0.0), "transfer_s": s.transfer_s})
+    return rows
+
+
+def format_traffic(stats: Sequence[EdgeStats], num_stages: int) -> str:
+    """The per-edge traffic table (the host, pseudo-stage ``num_stages``, is shown as ``host``)."""
+    host = f"s{num_stages}"
+    rows = []
+    for r in traffic_rows(stats):
+        edge = str(r["edge"]).replace(host, "host")
+        ratio = r["ratio"]
+        rows.append([edge, str(r["role"]), str(r["codec"]), f"{int(r['raw_bytes']) / MB:.1f}",  # type: ignore[call-overload]
+                     f"{int(r['wire_bytes']) / MB:.1f}", f"{ratio:.2f}x" if ratio else "-",  # type: ignore[call-overload]
+                     f"{float(r['bits_per_element']):.2f}", f"{float(r['encode_s']) * 1e3:.0f}",  # type: ignore[arg-type]
+                     f"{float(r['decode_s']) * 1e3:.0f}", f"{float(r['transfer_s']) * 1e3:.0f}"])  # type: ignore[arg-type]
+    return table(["edge", "role", "codec", "raw MB", "wire MB", "ratio", "bits/elem", "encode ms", "decode ms",
+                  "transfer ms"], rows, left=3)
+
+
+def format_memory(memory: Sequence[Mapping[str, int]]) -> str:
+    """Per-stage memory table (MB)."""
+    rows = [[f"s{i}", f"{m['param_bytes'] / MB:.1f}", f"{m['optimizer_bytes'] / MB:.1f}",
+             f"{m['saved_activation_bytes_peak'] / MB:.1f}", f"{m['rss_bytes'] / MB:.0f}",
+             f"{m['peak_rss_bytes'] / MB:.0f}"] for i, m in enumerate(memory)]
+    return table(["stage", "params MB", "optim MB", "saved act MB (peak)", "RSS MB", "peak RSS MB"], rows)
