@@ -152,6 +152,10 @@ class Pipeline:
         seq = self.seq
         inputs, sides = split_batch(batch, self.base.microbatches)
         t0 = time.perf_counter()
+        try:
+            self.host.send_inputs(seq, inputs)  # first: stage 0 finds them queued when its call starts
+        except BaseException as err:
+            raise StageFailure(0, f"call {seq}: model inputs could not be sent to stage 0: {err}") from err
         refs = [a.run_step.remote(seq, sides, mode) for a in self.actors]
         deadline = time.monotonic() + self.placement.step_timeout_s
 
@@ -169,7 +173,6 @@ class Pipeline:
                                    f"stuck stages: {pending}")
 
         try:
-            self.host.send_inputs(seq, inputs)
             outputs = self.host.collect(seq, self.base.microbatches, check)
             reports = []
             for i, ref in enumerate(refs):

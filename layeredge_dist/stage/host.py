@@ -46,10 +46,8 @@ class Host:
         ``check`` runs every 0.25 s while waiting (raise from it to report a dead stage); PeerTimeout after
         ``timeout_s``.
         """
-        out = [self.endpoint.receive(self.num_stages - 1, TensorRole.ACTIVATION, seq, mb, self.timeout_s,
-                                     f"result of micro-batch {mb}", check) for mb in range(count)]
-        self.endpoint.flush(self.timeout_s)
-        return out
+        return [self.endpoint.receive(self.num_stages - 1, TensorRole.ACTIVATION, seq, mb, self.timeout_s,
+                                      f"result of micro-batch {mb}", check) for mb in range(count)]
 
     def abort(self, seq: int) -> None:
         """Stop a blocked :meth:`collect` of call ``<= seq`` (StepAborted)."""

@@ -216,7 +216,6 @@ class Stage:
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     self.steps_done += 1
-            self.endpoint.flush(timeout)
         except BaseException:
             self.optimizer.zero_grad(set_to_none=True)  # a failed call leaves no half-accumulated gradients
             raise
