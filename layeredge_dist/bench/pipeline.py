@@ -3,13 +3,16 @@
 In one run, on the demo workload (byte-level GPT, stdlib source, 3 stages on 3 local Ray nodes, 1F1B):
 
 - **codecs**: train ``--steps`` steps with each of ``--codecs`` on every cut (activations and gradients), same
-  seed and batches, and report the validation loss at the end, its gap to fp32, and the step time (p50);
+  seed and batches, and report the validation loss at the end, its gap to the first codec (fp32) and the step
+  time (p50). With ``--seeds N`` every codec is trained from N model/data seeds and the gap is reported as mean
+  and standard deviation of the paired per-seed gaps (training noise at 200 steps is of the same order as the
+  gaps of good codecs, so one seed cannot tell them apart);
 - **single process**: the same model, batches, micro-batching and optimizer in this process with one torch
   thread (what each stage actor gets): validation loss (equal to the fp32 pipeline's up to float rounding) and
   step time, so ``pipeline / single`` is the cost of splitting the model across processes;
 - **hop**: per-hop overhead of a 64 KiB activation: forward-only calls through 1 and through 3 stages of
   identity layers (no compute), ``(p50(3 stages) - p50(1 stage)) / 2`` (encode, frame, send, receive, decode,
-  schedule);
+  schedule), both with one Ray task per call and stage and with the stages' serving loops (no Ray per call);
 - **memory** per stage of the fp32 run (parameters, optimizer state, peak saved activations, RSS).
 """
 
@@ -36,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=200, help="training steps per codec (default 200)")
     p.add_argument("--codecs", default="fp32,bf16,int8", help="codecs to compare, fp32 first (default fp32,bf16,int8)")
     p.add_argument("--eval-batches", type=int, default=16, help="validation batches at the end (default 16)")
+    p.add_argument("--seeds", type=int, default=1, help="model/data seeds per codec, paired gaps (default 1)")
     p.add_argument("--nodes", type=int, default=3, help="local Ray nodes (default 3: one per stage)")
     p.add_argument("--hop-calls", type=int, default=300, help="calls per hop measurement (default 300)")
     p.add_argument("--hop-kib", type=int, default=64, help="activation size of the hop measurement (default 64)")
@@ -92,8 +96,14 @@ def _hop(cfg: RunConfig, calls: int, kib: int) -> dict[str, float]:
             for _ in range(20):
                 pipe.call((x, {}), "infer")
             times = [pipe.call((x, {}), "infer").seconds for _ in range(calls)]
+            with pipe.serving():
+                for _ in range(20):
+                    pipe.call((x, {}), "infer")
+                served = [pipe.call((x, {}), "infer").seconds for _ in range(calls)]
         out[f"call_p50_us_{stages}_stages"] = statistics.median(times) * 1e6
+        out[f"served_p50_us_{stages}_stages"] = statistics.median(served) * 1e6
     out["hop_p50_us"] = (out["call_p50_us_3_stages"] - out["call_p50_us_1_stages"]) / 2
+    out["served_hop_p50_us"] = (out["served_p50_us_3_stages"] - out["served_p50_us_1_stages"]) / 2
     out["activation_bytes"] = n * 4
     return out
 
@@ -115,43 +125,55 @@ def run(args: argparse.Namespace) -> int:
         from layeredge_dist.pipeline.driver import Pipeline
         from layeredge_dist.pipeline.train import LoopConfig, evaluate, train
 
+        per_seed: dict[str, list[dict[str, Any]]] = {c: [] for c in codecs}
+        for seed in range(args.seeds):
+            for codec in codecs:
+                c = with_overrides(cfg, [f"codecs.forward={codec}", f"codecs.backward={codec}",
+                                         f"model.seed={seed}", f"data.seed={seed}"])
+                log(f"seed {seed}: training {args.steps} steps with {codec} edges ...")
+                with Pipeline(setup.stage_spec(c), setup.placement(c)) as pipe:
+                    work = setup.workload(c)
+                    res = train(pipe, work, LoopConfig(args.steps, eval_every=-1))
+                    entry = {"val_loss": evaluate(pipe, work.val_batches(args.eval_batches)),
+                             "final_train_loss": res.losses[-1],
+                             "step_s_p50": statistics.median(res.step_seconds[3:] or res.step_seconds)}
+                    if codec == codecs[0] and seed == 0:
+                        entry["memory"] = pipe.memory()
+                    per_seed[codec].append(entry)
         for codec in codecs:
-            c = with_overrides(cfg, [f"codecs.forward={codec}", f"codecs.backward={codec}"])
-            log(f"training {args.steps} steps with {codec} edges ...")
-            with Pipeline(setup.stage_spec(c), setup.placement(c)) as pipe:
-                work = setup.workload(c)
-                res = train(pipe, work, LoopConfig(args.steps, eval_every=-1))
-                val = evaluate(pipe, work.val_batches(args.eval_batches))
-                entry = {"val_loss": val, "final_train_loss": res.losses[-1],
-                         "step_s_p50": statistics.median(res.step_seconds[3:] or res.step_seconds)}
-                if codec == codecs[0]:
-                    entry["memory"] = pipe.memory()
-                results["codecs"][codec] = entry
+            runs = per_seed[codec]
+            gaps = [r["val_loss"] - f["val_loss"] for r, f in zip(runs, per_seed[codecs[0]])]
+            results["codecs"][codec] = {
+                "val_loss": statistics.mean(r["val_loss"] for r in runs), "per_seed": runs,
+                "val_gap_vs_" + codecs[0]: statistics.mean(gaps),
+                "val_gap_std": statistics.stdev(gaps) if len(gaps) > 1 else 0.0,
+                "step_s_p50": statistics.median(r["step_s_p50"] for r in runs)}
         log("per-hop overhead ...")
         results["hop"] = _hop(cfg, args.hop_calls, args.hop_kib)
     log("single-process reference ...")
     results["single_process"] = _single_process(cfg, args.steps, args.eval_batches)
     ref = results["codecs"][codecs[0]]
     for entry in results["codecs"].values():
-        entry["val_gap_vs_" + codecs[0]] = entry["val_loss"] - ref["val_loss"]
         entry["step_time_vs_single"] = entry["step_s_p50"] / results["single_process"]["step_s_p50"]
     if args.json:
         print(json.dumps(results))
         return 0
     print(f"{args.steps} steps, 3 stages on {args.nodes} local Ray node(s), demo byte GPT; validation over "
-          f"{args.eval_batches} batches")
-    print(f"{'edges':10s} {'val loss':>9s} {'gap':>9s} {'step p50 s':>11s} {'vs single':>10s}")
+          f"{args.eval_batches} batches; {args.seeds} seed(s)")
+    print(f"{'edges':10s} {'val loss':>9s} {'gap':>9s} {'gap std':>8s} {'step p50 s':>11s} {'vs single':>10s}")
     for codec, e in results["codecs"].items():
-        print(f"{codec:10s} {e['val_loss']:9.4f} {e['val_gap_vs_' + codecs[0]]:+9.4f} {e['step_s_p50']:11.3f} "
-              f"{e['step_time_vs_single']:9.2f}x")
+        print(f"{codec:10s} {e['val_loss']:9.4f} {e['val_gap_vs_' + codecs[0]]:+9.4f} {e['val_gap_std']:8.4f} "
+              f"{e['step_s_p50']:11.3f} {e['step_time_vs_single']:9.2f}x")
     sp = results["single_process"]
-    print(f"{'single':10s} {sp['val_loss']:9.4f} {sp['val_loss'] - ref['val_loss']:+9.4f} {sp['step_s_p50']:11.3f}"
-          f" {1.0:9.2f}x   (one process, one torch thread)")
+    seed0 = ref["per_seed"][0]["val_loss"]
+    print(f"{'single':10s} {sp['val_loss']:9.4f} {sp['val_loss'] - seed0:+9.4f} {'':8s} {sp['step_s_p50']:11.3f}"
+          f" {1.0:9.2f}x   (one process, one torch thread; seed 0, gap vs the seed-0 pipeline run)")
     hop = results["hop"]
-    print(f"per-hop overhead, {hop['activation_bytes'] // 1024} KiB activation: p50 {hop['hop_p50_us']:.0f} us "
-          f"(call p50 {hop['call_p50_us_1_stages']:.0f} us through 1 stage, {hop['call_p50_us_3_stages']:.0f} us "
-          "through 3)")
+    print(f"per-hop overhead, {hop['activation_bytes'] // 1024} KiB activation: p50 {hop['hop_p50_us']:.0f} us with "
+          f"a Ray task per call and stage (call p50 {hop['call_p50_us_1_stages']:.0f} us through 1 stage, "
+          f"{hop['call_p50_us_3_stages']:.0f} us through 3); serving loops: p50 {hop['served_hop_p50_us']:.0f} us "
+          f"({hop['served_p50_us_1_stages']:.0f} / {hop['served_p50_us_3_stages']:.0f} us)")
     from layeredge_dist.pipeline.report import format_memory
 
-    print("memory per stage (" + codecs[0] + " run)\n" + format_memory(ref["memory"]))
+    print("memory per stage (" + codecs[0] + " run, seed 0)\n" + format_memory(ref["per_seed"][0]["memory"]))
     return 0

@@ -10,9 +10,11 @@ initialisation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
+from typing import Any
 
 from layeredge_dist.config import ConfigError
 
@@ -30,7 +32,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--requests", type=int, default=0, help="serve this many validation windows, report latency")
     p.add_argument("--max-batch", type=int, default=8, help="largest batch the batcher forms (default 8)")
     p.add_argument("--rate", type=float, default=None, help="Poisson arrival rate, requests/s (default: all at once)")
+    p.add_argument("--no-serve", action="store_true", help="one Ray task per call and stage instead of the "
+                   "serving loops fed by the edge transport (slower; for comparison)")
     p.set_defaults(func=run_infer, demo_defaults=DEMO)
+
+
+def _answer(pipe: Any, cfg: Any, args: argparse.Namespace, out: dict[str, object]) -> None:
+    """Generate after --prompt and/or serve --requests; results into ``out``."""
+    from layeredge_dist.pipeline import setup
+    from layeredge_dist.pipeline.infer import generate, serve
+
+    if args.prompt is not None:
+        text = generate(pipe, args.prompt.encode(), args.bytes, cfg.data.context, args.temperature)
+        out["prompt"] = args.prompt
+        out["generated"] = text.decode("utf-8", errors="replace")
+    if args.requests > 0:
+        windows = [x for x, _ in setup.workload(cfg).val_batches(math.ceil(args.requests / cfg.data.batch_size))]
+        reqs = [row for batch in windows for row in batch][: args.requests]
+        out["latency"] = serve(pipe, reqs, args.max_batch, args.rate).to_dict()
 
 
 def run_infer(args: argparse.Namespace) -> int:
@@ -58,7 +77,6 @@ def run_infer(args: argparse.Namespace) -> int:
                      cfg.cluster.cpus_per_stage * math.ceil(stages / max(1, cfg.cluster.nodes)), 0.0,
                      cfg.cluster.start_timeout_s):
             from layeredge_dist.pipeline.driver import Pipeline, StageFailure
-            from layeredge_dist.pipeline.infer import generate, serve
 
             with Pipeline(spec, setup.placement(cfg)) as pipe:
                 manifest = read_manifest(ckpt)
@@ -70,15 +88,10 @@ def run_infer(args: argparse.Namespace) -> int:
                     out["checkpoint_step"] = int(manifest["step"])
                 elif not args.json:
                     print(f"(no checkpoint in {ckpt}: seeded initial weights)", file=sys.stderr)
-                if args.prompt is not None:
-                    text = generate(pipe, args.prompt.encode(), args.bytes, cfg.data.context, args.temperature)
-                    out["prompt"] = args.prompt
-                    out["generated"] = text.decode("utf-8", errors="replace")
-                if args.requests > 0:
-                    windows = [x for x, _ in setup.workload(cfg).val_batches(
-                        math.ceil(args.requests / cfg.data.batch_size))]
-                    reqs = [row for batch in windows for row in batch][: args.requests]
-                    out["latency"] = serve(pipe, reqs, args.max_batch, args.rate).to_dict()
+                served = pipe.serving() if spec.chunks == 1 and not args.no_serve else contextlib.nullcontext()
+                out["served"] = spec.chunks == 1 and not args.no_serve
+                with served:
+                    _answer(pipe, cfg, args, out)
     except (ClusterError, StageFailure, ValueError) as err:
         print(f"layeredge: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ separate concurrency group so it can interrupt a running ``run_step``.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 
 from layeredge_dist.model.family import Side
 from layeredge_dist.stage import Mode, Stage, StageSpec, StepReport
+from layeredge_dist.transport import ProbeResult
 from layeredge_dist.types import EdgeStats
 
 
@@ -36,6 +38,7 @@ class StageActor:
         self.spec = replace(spec, device=resolve_device(spec.device))
         self.node_ip = ray.util.get_node_ip_address()
         self.stage = Stage(self.spec, bind=self.node_ip)
+        self._stop_serving = threading.Event()
 
     def info(self) -> dict[str, Any]:
         """Where this stage runs: address, node id and IP, pid, device, torch threads, steps done."""
@@ -53,6 +56,16 @@ class StageActor:
     @ray.method(concurrency_group="control")
     def abort(self, seq: int) -> None:
         self.stage.abort(seq)
+
+    def serve(self) -> int:
+        try:
+            return self.stage.serve(self._stop_serving)
+        finally:
+            self._stop_serving.clear()  # a stop that arrived before the loop started ended it at once
+
+    @ray.method(concurrency_group="control")
+    def stop_serving(self) -> None:
+        self._stop_serving.set()
 
     def reset(self, peers: Mapping[int, str]) -> None:
         self.stage.reset(peers)
@@ -72,6 +85,10 @@ class StageActor:
 
     def zero_grad(self) -> None:
         self.stage.optimizer.zero_grad(set_to_none=True)
+
+    @ray.method(concurrency_group="control")
+    def probe(self, peer: int, probe_bytes: int) -> ProbeResult:
+        return self.stage.probe(peer, probe_bytes)
 
     @ray.method(concurrency_group="control")
     def memory(self) -> dict[str, int]:

@@ -10,8 +10,9 @@ restart it (``max_restarts``), rewires everyone and lets the caller reload a che
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,6 +23,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from layeredge_dist.model import Batch, split_batch
 from layeredge_dist.stage import Host, Mode, StageSpec, StepReport, write_manifest
+from layeredge_dist.transport import ProbeResult, TransportError
 from layeredge_dist.types import EdgeStats
 
 from .actor import StageActor
@@ -80,6 +82,7 @@ class Pipeline:
         self.actors: list[Any] = []
         self.host: Host | None = None
         self.seq = 0
+        self._serve_refs: list[Any] = []
         try:
             try:
                 ray.get(self.pg.ready(), timeout=placement.start_timeout_s)
@@ -148,6 +151,10 @@ class Pipeline:
         ``step_timeout_s``; the pipeline must then be :meth:`recover` ed before the next call.
         """
         assert self.host is not None
+        if self._serve_refs:
+            if mode != "infer":
+                raise RuntimeError(f"a {mode} call while serving; leave serving() first")
+            return self._call_served(batch)
         self.seq += 1
         seq = self.seq
         inputs, sides = split_batch(batch, self.base.microbatches)
@@ -189,6 +196,54 @@ class Pipeline:
                 raise culprit from err
             raise StageFailure(None, f"call {seq} failed on the driver: {err}") from err
         return CallResult(outputs, reports, time.perf_counter() - t0)
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Inside the block, ``call(batch, "infer")`` bypasses Ray: every stage runs a forward-only serving loop
+        fed by the edge transport (:meth:`Stage.serve`), so a request costs no Ray task dispatch. For models whose
+        inference needs no side inputs. A stage that fails ends its loop; the next call reports it."""
+        if self._serve_refs:
+            raise RuntimeError("already serving")
+        self._serve_refs = [a.serve.remote() for a in self.actors]
+        try:
+            yield
+        finally:
+            refs, self._serve_refs = self._serve_refs, []
+            for a in self.actors:
+                try:
+                    a.stop_serving.remote()
+                except Exception:  # noqa: BLE001 - a dead actor has stopped serving already
+                    pass
+            ray.wait(refs, num_returns=len(refs), timeout=self.placement.step_timeout_s)
+
+    def _call_served(self, batch: Batch) -> CallResult:
+        assert self.host is not None
+        self.seq += 1
+        seq = self.seq
+        inputs, _ = split_batch(batch, self.base.microbatches)
+        t0 = time.perf_counter()
+        refs = self._serve_refs
+
+        def check() -> None:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            if ready:
+                i = refs.index(ready[0])
+                try:
+                    ray.get(ready[0], timeout=0)
+                    raise StageFailure(i, f"stage {i} stopped serving")
+                except StageFailure:
+                    raise
+                except BaseException as err:  # noqa: BLE001
+                    raise self._failure(i, err) from err
+
+        try:
+            self.host.send_inputs(seq, inputs)
+            outputs = self.host.collect(seq, self.base.microbatches, check)
+        except StageFailure:
+            raise
+        except BaseException as err:
+            raise StageFailure(None, f"served call {seq} failed: {err}") from err
+        return CallResult(outputs, [], time.perf_counter() - t0)
 
     def _failure(self, stage: int, err: BaseException) -> StageFailure:
         if isinstance(err, ray.exceptions.RayActorError):
@@ -272,7 +327,27 @@ class Pipeline:
     def stats(self) -> list[EdgeStats]:
         """Edge traffic of every stage and of the host."""
         assert self.host is not None
+        try:
+            self.host.endpoint.flush(5.0)  # wire bytes count on acknowledgement (see Stage.stats)
+        except TransportError:
+            pass
         return [s for stats in self._gather("stats") for s in stats] + self.host.endpoint.meter.snapshot()
+
+    def probe_links(self, probe_bytes: int = 4 << 20) -> dict[tuple[int, int], ProbeResult]:
+        """RTT and bandwidth of every link the pipeline uses (stage ``s`` to ``s + 1``, measured by the sender;
+        the wrap-around link when interleaved), keyed ``(src, dst)``. Runs in the stages' control group, so it
+        may overlap a running call (and then measures a loaded link)."""
+        links = [(s, s + 1) for s in range(self.num_stages - 1)]
+        if self.base.chunks > 1:
+            links.append((self.num_stages - 1, 0))
+        refs = {link: self.actors[link[0]].probe.remote(link[1], probe_bytes) for link in links}
+        out = {}
+        for link, ref in refs.items():
+            try:
+                out[link] = ray.get(ref, timeout=self.placement.step_timeout_s)
+            except (ray.exceptions.RayError, OSError) as err:
+                raise self._failure(link[0], err) from err
+        return out
 
     def kill_stage(self, stage: int) -> None:
         """Kill stage ``stage``'s process as a crash would (Ray may restart it); for failure drills and tests."""

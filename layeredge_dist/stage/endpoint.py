@@ -75,6 +75,13 @@ class Endpoint:
                 del self._senders[(dst, role)]
         self._peers = dict(peers)
 
+    def peer_address(self, index: int) -> str:
+        """The address of stage ``index`` (KeyError naming it when not connected)."""
+        try:
+            return self._peers[index]
+        except KeyError:
+            raise KeyError(f"stage {self.index} has no address for stage {index}; connect() it first") from None
+
     def _sender(self, dst: int, role: TensorRole) -> EdgeSender:
         sender = self._senders.get((dst, role))
         if sender is None:
@@ -175,8 +182,27 @@ class Endpoint:
                     self.stale_frames += 1
                 else:
                     stash[(h.step, h.micro_batch)] = got
+        return self._finish(frame, e, role)
+
+    def receive_next(self, src: int, role: TensorRole, timeout_s: float) -> tuple[int, int, torch.Tensor] | None:
+        """The next frame from stage ``src`` in arrival order (stashed ones first, oldest call first), decoded:
+        ``(seq, wire micro-batch, tensor)``; None when nothing arrives within ``timeout_s``."""
+        e = edge(src, self.index)
+        stash = self._stash.setdefault((e, role), {})
+        if stash:
+            key = min(stash)
+            frame = stash.pop(key)
+        else:
+            try:
+                frame = self._server.receiver(e, role).receive(timeout_s=timeout_s)
+            except DeadlineExceeded:
+                return None
+        return frame.header.step, frame.header.micro_batch, self._finish(frame, e, role)
+
+    def _finish(self, frame: Frame, e: EdgeId, role: TensorRole) -> torch.Tensor:
+        """Decode ``frame``, record it in the meter and hand its buffer back when the tensor does not share it."""
         t0 = time.perf_counter()
-        out = self._decode(frame, (e, role, wire_mb))
+        out = self._decode(frame, (e, role, frame.header.micro_batch))
         n = out.numel()
         self.meter.coded(e, role, Direction.RECV, frame.header.codec, n, n * out.element_size(),
                          time.perf_counter() - t0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from layeredge_dist.schedule import (
     SendAct,
     SendGrad,
 )
+from layeredge_dist.transport import ProbeResult, TransportError, probe
 from layeredge_dist.types import EdgeStats, TensorRole
 
 from . import checkpoint
@@ -46,9 +48,17 @@ class StepReport:
     seq: int
     mode: str
     total_s: float
-    compute_s: float
-    wait_s: float  # blocked in receives
+    compute_s: float  # everything but waiting: forward + backward + optimizer + encode/decode/send overhead
+    wait_s: float  # blocked in receives: the bubble as this stage sees it
     saved_bytes_peak: int  # tensors saved for backward, live at once (upper bound: shared storage counted twice)
+    forward_s: float = 0.0
+    backward_s: float = 0.0
+    optimizer_s: float = 0.0
+
+    @property
+    def idle_fraction(self) -> float:
+        """Share of the call spent waiting for tensors (0 when the call took no time)."""
+        return self.wait_s / self.total_s if self.total_s > 0 else 0.0
 
 
 class _SavedBytes:
@@ -143,7 +153,7 @@ class Stage:
         p, m = spec.num_stages, spec.microbatches
         timeout = spec.recv_timeout_s
         t_start = time.perf_counter()
-        wait = 0.0
+        wait = fwd = bwd = opt = 0.0
         inputs: dict[tuple[int, int], torch.Tensor] = {}
         outputs: dict[tuple[int, int], torch.Tensor] = {}
         grads: dict[tuple[int, int], torch.Tensor | None] = {}
@@ -176,7 +186,9 @@ class Stage:
                     else:
                         x = inputs.pop(key)
                     side = {k: t.to(self.device) for k, t in sides[action.mb].items()}
+                    t0 = time.perf_counter()
                     y = self._forward(self.parts[action.chunk], x, side, mode, key, saved)
+                    fwd += time.perf_counter() - t0
                     if mode in TRAINING:
                         live_saved += saved[key][1]
                         self.saved_bytes_peak = max(self.saved_bytes_peak, live_saved)
@@ -196,7 +208,9 @@ class Stage:
                 elif isinstance(action, Backward):
                     key = (action.chunk, action.mb)
                     state, nbytes = saved.pop(key)
+                    t0 = time.perf_counter()
                     g_in = stage_backward(state, grads.pop(key, None))
+                    bwd += time.perf_counter() - t0
                     live_saved -= nbytes
                     outputs[key] = g_in  # type: ignore[assignment]
                 elif isinstance(action, SendGrad):
@@ -213,14 +227,16 @@ class Stage:
                 elif isinstance(action, OptimizerStep):
                     if mode == "grad":
                         continue  # gradients stay for inspection (verify)
+                    t0 = time.perf_counter()
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
+                    opt += time.perf_counter() - t0
                     self.steps_done += 1
         except BaseException:
             self.optimizer.zero_grad(set_to_none=True)  # a failed call leaves no half-accumulated gradients
             raise
         total = time.perf_counter() - t_start
-        return StepReport(spec.index, seq, mode, total, total - wait, wait, self.saved_bytes_peak)
+        return StepReport(spec.index, seq, mode, total, total - wait, wait, self.saved_bytes_peak, fwd, bwd, opt)
 
     def _forward(self, part: Partition, x: torch.Tensor, side: Side, mode: Mode, key: tuple[int, int],
                  saved: dict[tuple[int, int], tuple[SavedForward, int]]) -> torch.Tensor:
@@ -236,6 +252,36 @@ class Stage:
             if mode == "eval" and part.spec.is_last:
                 return part.loss(out, side).detach()
             return out
+
+    # ---- serving --------------------------------------------------------------------------------------------
+
+    def serve(self, stop: threading.Event, poll_s: float = 0.25) -> int:
+        """Forward-only serving loop without per-call control: forward every activation that arrives (any call
+        number, in arrival order) and send the result on with the same call and micro-batch number, until
+        ``stop`` is set. Side inputs are empty, so only models whose inference needs none can be served this
+        way; needs ``chunks == 1``. Returns the number of micro-batches served; raises what forward, codecs or the
+        transport raise (the driver sees it as a failed stage)."""
+        spec = self.spec
+        if spec.chunks != 1:
+            raise StageError("serve() needs chunks == 1 (interleaved stages wait on two upstreams)")
+        upstream = spec.host if spec.index == 0 else spec.index - 1
+        downstream = spec.host if spec.index == spec.num_stages - 1 else spec.index + 1
+        part = self.parts[0]
+        part.eval()
+        codec = HOST_CODEC if downstream == spec.host else spec.codecs.spec_for(edge(spec.index, downstream),
+                                                                                 TensorRole.ACTIVATION)
+        served = 0
+        while not stop.is_set():
+            got = self.endpoint.receive_next(upstream, TensorRole.ACTIVATION, poll_s)
+            if got is None:
+                continue
+            seq, wire_mb, x = got
+            with torch.no_grad():
+                y = part(x.to(self.device), {})
+            self.endpoint.send(downstream, TensorRole.ACTIVATION, seq, wire_mb, y.cpu(), codec,
+                               spec.recv_timeout_s)
+            served += 1
+        return served
 
     # ---- control --------------------------------------------------------------------------------------------
 
@@ -291,11 +337,24 @@ class Stage:
         params = sum(p.numel() * p.element_size() for part in self.parts for p in part.parameters())
         opt = sum(t.numel() * t.element_size() for st in self.optimizer.state.values() for t in st.values()
                   if isinstance(t, torch.Tensor))
+        rss = rss_bytes()
+        # the kernel updates ru_maxrss lazily, so it can lag the current RSS: a peak is never below the present
+        peak = max(rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         return {"param_bytes": params, "optimizer_bytes": opt, "saved_activation_bytes_peak": self.saved_bytes_peak,
-                "rss_bytes": rss_bytes(), "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+                "rss_bytes": rss, "peak_rss_bytes": peak}
 
-    def stats(self) -> list[EdgeStats]:
-        """Per-edge traffic of this stage so far."""
+    def probe(self, peer: int, probe_bytes: int = 4 << 20, pings: int = 10) -> ProbeResult:
+        """RTT and bandwidth from this stage to stage ``peer``'s edge server (PeerUnavailable etc. on failure)."""
+        return probe(self.endpoint.peer_address(peer), self.spec.transport, pings=pings, probe_bytes=probe_bytes)
+
+    def stats(self, flush_s: float = 5.0) -> list[EdgeStats]:
+        """Per-edge traffic of this stage so far. Waits up to ``flush_s`` for outstanding acknowledgements first:
+        a frame's wire bytes are counted when its receiver acknowledges it (the TCP data path reads acks lazily),
+        so the last frames of a call would otherwise be missing. A peer that is gone leaves them uncounted."""
+        try:
+            self.endpoint.flush(flush_s)
+        except TransportError:
+            pass
         return self.endpoint.meter.snapshot()
 
     def close(self) -> None:

@@ -54,3 +54,33 @@ def test_int8_edges_change_gradients_but_stay_close() -> None:
                                     codecs=EdgeCodecs("int8", "int8"))
     assert grad_diff > 1e-6
     assert loss_diff < 1e-2 and grad_diff < 1e-2
+
+
+def test_serving_loops_forward_without_per_call_control() -> None:
+    """Stage.serve: activations flow through every stage's loop; results equal the per-call infer path."""
+    import threading
+
+    model = byte_gpt_spec(SMALL, seed=3)
+    pipe = ThreadedPipeline(model, even_cuts(6, 3), 3, "gpipe", microbatches=2)
+    work = SyntheticWorkload(model, batch_size=4, context=16, seed=1)
+    try:
+        want = pipe.call(work.batch(0), mode="infer")
+        stop = threading.Event()
+        counts: list[int] = []
+        threads = [threading.Thread(target=lambda s=s: counts.append(s.serve(stop, poll_s=0.05)))
+                   for s in pipe.stages]
+        for t in threads:
+            t.start()
+        try:
+            inputs, _ = split_batch(work.batch(0), 2)
+            for seq in (100, 101):
+                pipe.host.send_inputs(seq, inputs)
+                got = pipe.host.collect(seq, 2)
+                assert all(torch.equal(a, b) for a, b in zip(got, want))
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+        assert sorted(counts) == [4, 4, 4]
+    finally:
+        pipe.close()
