@@ -4,7 +4,9 @@ Every metric name, type, unit, label set and bucket layout is declared here and 
 (:mod:`layeredge_dist.metrics.registry`) instantiates exactly this table. Conventions:
 
 * names start with ``layeredge_`` and end with their unit in plural base units (``_bytes``, ``_seconds``,
-  ``_ratio``, ``_bits``, ``_bytes_per_second``, ``_tokens_per_second``); counters additionally end in ``_total``;
+  ``_ratio``, ``_bytes_per_second``, ``_bytes_per_element``, ``_tokens_per_second``); counters additionally end
+  in ``_total``. Bits are not a base unit: ``promtool check metrics`` rejects any name containing ``bits``
+  ("use base unit bytes"), so bits per element are exported as bytes per element (multiply by 8 in a query);
   dimensionless gauges (scores, a step number, a 0/1 state) carry no unit suffix; the plan gauge follows the
   ``_info`` convention (value 1 for the active codec, 0 for a replaced one);
 * labels are only those of :data:`layeredge_dist.metrics.labels.ALLOWED_LABELS`, each bounded (see
@@ -89,9 +91,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("edge_compression_ratio", "layeredge_edge_compression_ratio", "gauge",
            "Raw bytes over wire bytes, cumulative since the process started (>1 means compressed).", _TRAFFIC,
            "ratio", directions=_T),
-    Family("edge_element_bits", "layeredge_edge_element_bits", "gauge",
-           "Wire bits per original tensor element, metadata included, cumulative.", _TRAFFIC, "bits",
-           directions=_T),
+    Family("edge_wire_bytes_per_element", "layeredge_edge_wire_bytes_per_element", "gauge",
+           "Wire bytes per original tensor element, metadata included, cumulative (x8 for bits per element).",
+           _TRAFFIC, "bytes_per_element", directions=_T),
     Family("edge_relative_error", "layeredge_edge_relative_error_ratio", "gauge",
            "Relative error of the decoded tensor, ||x - decode(encode(x))|| / ||x||, last measured.", _TRAFFIC,
            "ratio", directions=_T),

@@ -119,10 +119,10 @@ def label_value(family: str, label: str, value: object, directions: Sequence[str
             "number is a metric value, never a label",
         )
     if label in ("stage", "src", "dst"):
-        if not _STAGE_RE.match(value):
+        if not _STAGE_RE.fullmatch(value):
             raise MetricLabelError(family, label, _short(value), "expected a stage id 's<int>' (s0..s9999) or 'host'")
     elif label == "edge":
-        m = _EDGE_RE.match(value)
+        m = _EDGE_RE.fullmatch(value)
         if m is None:
             raise MetricLabelError(family, label, _short(value), "expected a canonical edge id 's<int>->s<int>'")
         if m.group(1) == m.group(2):
@@ -135,7 +135,7 @@ def label_value(family: str, label: str, value: object, directions: Sequence[str
             raise MetricLabelError(
                 family, label, _short(value), f"codec spec longer than {MAX_VALUE_CHARS} characters ({len(value)})"
             )
-        if not _CODEC_RE.match(value):
+        if not _CODEC_RE.fullmatch(value):
             raise MetricLabelError(
                 family, label, _short(value),
                 "expected a codec spec: starts with a lowercase letter, only [A-Za-z0-9_.:+-/(),=], no spaces",
@@ -145,7 +145,7 @@ def label_value(family: str, label: str, value: object, directions: Sequence[str
             raise MetricLabelError(
                 family, label, _short(value), f"run name longer than {MAX_VALUE_CHARS} characters ({len(value)})"
             )
-        if not _RUN_RE.match(value) or value.isdigit():
+        if not _RUN_RE.fullmatch(value) or value.isdigit():
             raise MetricLabelError(
                 family, label, _short(value),
                 "expected a short run name of [A-Za-z0-9_.:-], starting with a letter or digit, not all digits",
