@@ -195,7 +195,7 @@ class TcpEdgeSender(RemoteSender):
             self.counters.add("bytes_sent", h.payload_length)
             if self._hooks:
                 emit(self._hooks, TransferRecord(h.edge, h.role, Direction.SEND, h.codec, h.numel,
-                                                 raw_bytes(h.dtype, h.numel), h.payload_length, now - p.t0),
+                                                 raw_bytes(h.dtype, h.numel), p.wire_bytes, now - p.t0),
                      self.counters)
 
     def _poll_acks(self, sock: socket.socket) -> None:
@@ -239,7 +239,7 @@ class TcpEdgeSender(RemoteSender):
                                                 f"unacknowledged; window {cfg.window_frames} frames / "
                                                 f"{cfg.window_bytes} B)")
             parts = [memoryview(datapath.frame_prefix(header)), frame.payload_bytes()]
-            self._pending.append(Pending(header, t0))
+            self._pending.append(Pending(header, t0, parts[0].nbytes + n))
             self._sent += 1
             self._inflight += n
             try:

@@ -81,10 +81,12 @@ def translate(err: grpc.RpcError, what: str) -> TransportError:
 
 @dataclass
 class Pending:
-    """A sent, not yet acknowledged frame: its header and when send() was called (perf_counter s)."""
+    """A sent, not yet acknowledged frame: its header, when send() was called (perf_counter s) and the bytes it
+    took on the wire (stream messages or data-path record: header, framing and payload)."""
 
     header: FrameHeader
     t0: float
+    wire_bytes: int = 0
 
 
 class _Stream:
@@ -206,7 +208,7 @@ class GrpcEdgeSender(RemoteSender):
                     self.counters.add("bytes_sent", h.payload_length)
                     if self._hooks:
                         emit(self._hooks, TransferRecord(h.edge, h.role, Direction.SEND, h.codec, h.numel,
-                                                         raw_bytes(h.dtype, h.numel), h.payload_length,
+                                                         raw_bytes(h.dtype, h.numel), p.wire_bytes,
                                                          now - p.t0), self.counters)
             with self._cond:
                 if s.sent > s.acked:
@@ -260,13 +262,15 @@ class GrpcEdgeSender(RemoteSender):
                         f"{cfg.window_bytes} B)", "DEADLINE_EXCEEDED")
                 self._cond.wait(left)
             self._check(s)
-            s.pending.append(Pending(frame.header, t0))
+            pending = Pending(frame.header, t0)
+            s.pending.append(pending)
             s.sent += 1
             s.inflight_bytes += n
         # Cut and copy the chunks here, on the caller's thread, so gRPC's sending thread only sends: copying
         # the next chunk overlaps with sending the previous one. Bounded by the window.
         put = s.queue.put
         for message in envelope.frame_messages(frame.header, frame.payload_bytes(), cfg.chunk_bytes):
+            pending.wire_bytes += len(message)  # before the put: the ack cannot come before the last message
             put(message)
 
     def flush(self, *, timeout_s: float) -> None:
