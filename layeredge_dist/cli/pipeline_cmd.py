@@ -9,6 +9,7 @@ cluster (see ``layeredge cluster up``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -139,12 +140,24 @@ def _train(args: argparse.Namespace, defaults: Sequence[str]) -> int:
                     progress.note(f"step {step + 1}: {error}; resuming from the checkpoint after step {resume_step}")
 
             loop = LoopConfig(cfg.train.steps, cfg.train.eval_every, cfg.train.eval_batches,
-                              cfg.train.checkpoint_every, ckpt, cfg.train.resume)
-            with Pipeline(spec, setup.placement(cfg)) as pipe:
+                              cfg.train.checkpoint_every, ckpt, cfg.train.resume,
+                              probe_every=cfg.metrics.probe_every)
+            with Pipeline(spec, setup.placement(cfg)) as pipe, contextlib.ExitStack() as stack:
                 for i in pipe.infos:
                     log(f"  stage {i['stage']}: node {i['node_ip']} ({i['node_id'][:8]}), pid {i['pid']}, "
-                        f"{i['device']}, edge server {i['address']}")
-                result = train(pipe, workload, loop, _Ev())
+                        f"{i['device']}, edge server {i['address']}"
+                        + (f", metrics {i['metrics']}" if i.get("metrics") else ""))
+                events: Events = _Ev()
+                if cfg.metrics.port is not None:
+                    from layeredge_dist.pipeline.observe import Observer
+                    from layeredge_dist.pipeline.train import EventChain
+
+                    observer = Observer(cfg.name, pipe, cfg.data.batch_size * cfg.data.context, cfg.metrics.port,
+                                        sd_path=run_dir / "prometheus" / "targets.json")
+                    stack.callback(observer.close)
+                    events = EventChain(events, observer)
+                    log(f"  metrics: {observer.exporter.url} (driver); file SD {observer.sd_path}")
+                result = train(pipe, workload, loop, events)
                 stats = pipe.stats()
                 memory = pipe.memory()
     except (ClusterError, StageFailure, ValueError) as err:

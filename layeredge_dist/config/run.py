@@ -381,18 +381,26 @@ class TransportSettings(_Section):
 
 @dataclass(frozen=True)
 class MetricsConfig(_Section):
-    """The driver's Prometheus exporter."""
+    """Prometheus exporters (driver and stages) and periodic link measurement."""
 
     _section: ClassVar[str] = "metrics"
 
     port: int | None = field(
         default=None,
-        metadata={"help": "TCP port of the driver's Prometheus exporter; 0 = any free port, null = off; 0..65535"},
+        metadata={"help": "TCP port of the driver's Prometheus exporter; 0 = any free port, null = off (then the "
+                  "stages export nothing either); 0..65535. The run writes <run_dir>/prometheus/targets.json "
+                  "(file service discovery of every exporter)"},
+    )
+    probe_every: int = field(
+        default=0,
+        metadata={"help": "steps between re-measurements of every link's bandwidth and RTT (0 = never); integer >= 0"},
     )
 
     def _validate(self) -> None:
         if self.port is not None and not 0 <= self.port <= 65535:
             raise v.fail(self._path("port"), "a TCP port in 0..65535 or null", self.port)
+        if self.probe_every < 0:
+            raise v.fail(self._path("probe_every"), "an integer >= 0", self.probe_every)
 
 
 @dataclass(frozen=True)

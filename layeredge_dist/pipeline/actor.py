@@ -45,7 +45,8 @@ class StageActor:
         ctx = ray.get_runtime_context()
         return {"stage": self.spec.index, "address": self.stage.address, "node_id": ctx.get_node_id(),
                 "node_ip": self.node_ip, "pid": os.getpid(), "device": self.spec.device,
-                "threads": torch.get_num_threads(), "steps_done": self.stage.steps_done}
+                "threads": torch.get_num_threads(), "steps_done": self.stage.steps_done,
+                "metrics": self.stage.metrics_target}
 
     def connect(self, peers: Mapping[int, str]) -> None:
         self.stage.connect(peers)

@@ -46,7 +46,7 @@ def stage_spec(cfg: RunConfig, token: str | None = None) -> StageSpec:
         codecs=EdgeCodecs(plain["forward"], plain["backward"], plain["edges"]),
         optimizer=OptimizerSpec(cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay),
         transport=transport(cfg, token), recv_timeout_s=cfg.transport.recv_timeout_s,
-        device="auto" if cfg.cluster.gpus_per_stage > 0 else "cpu",
+        device="auto" if cfg.cluster.gpus_per_stage > 0 else "cpu", metrics=cfg.metrics.port is not None,
     )
 
 

@@ -17,6 +17,7 @@ import torch
 
 from layeredge_dist.model import Batch, Workload
 from layeredge_dist.stage import read_manifest
+from layeredge_dist.transport import ProbeResult
 
 from .driver import CallResult, Pipeline, StageFailure
 from .setup import Identity
@@ -33,6 +34,8 @@ class LoopConfig:
     checkpoint_dir: str | None = None
     resume: bool = True
     max_failures: int = 3
+    probe_every: int = 0  # steps between link re-measurements (0 = never)
+    probe_bytes: int = 4 << 20
 
 
 @dataclass
@@ -63,6 +66,36 @@ class Events:
 
     def failed(self, step: int, error: StageFailure, resume_step: int) -> None:
         """A stage failed during step ``step``; training resumes after ``resume_step`` steps."""
+
+    def probed(self, step: int, links: dict[tuple[int, int], ProbeResult]) -> None:
+        """Links were re-measured after ``step`` steps."""
+
+
+class EventChain(Events):
+    """Forwards every callback to each of ``events`` in order."""
+
+    def __init__(self, *events: Events) -> None:
+        self.events = events
+
+    def step(self, step: int, loss: float, result: CallResult) -> None:
+        for e in self.events:
+            e.step(step, loss, result)
+
+    def evaluated(self, step: int, val_loss: float) -> None:
+        for e in self.events:
+            e.evaluated(step, val_loss)
+
+    def checkpointed(self, step: int) -> None:
+        for e in self.events:
+            e.checkpointed(step)
+
+    def failed(self, step: int, error: StageFailure, resume_step: int) -> None:
+        for e in self.events:
+            e.failed(step, error, resume_step)
+
+    def probed(self, step: int, links: dict[tuple[int, int], ProbeResult]) -> None:
+        for e in self.events:
+            e.probed(step, links)
 
 
 def evaluate(pipe: Pipeline, batches: list[Batch]) -> float:
@@ -113,6 +146,8 @@ def train(pipe: Pipeline, workload: Workload, loop: LoopConfig, events: Events =
             if ckpt is not None and step % loop.checkpoint_every == 0:
                 pipe.save_checkpoint(ckpt, step, ident.to_dict())
                 events.checkpointed(step)
+            if loop.probe_every and step % loop.probe_every == 0:
+                events.probed(step, pipe.probe_links(loop.probe_bytes))
             if val_batches and ((loop.eval_every and step % loop.eval_every == 0) or step == loop.steps):
                 val = evaluate(pipe, val_batches)
                 result.val_losses.append((step, val))

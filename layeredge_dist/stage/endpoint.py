@@ -11,10 +11,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
+from typing import Any
 
 import torch
 
 from layeredge_dist.codecs import parse_any
+from layeredge_dist.metrics import Metrics
 from layeredge_dist.codecs.stateful import DeltaCodec, DeltaState, EFState, ErrorFeedback
 from layeredge_dist.transport import (
     DeadlineExceeded,
@@ -31,6 +33,8 @@ from .meter import EdgeMeter
 from .spec import edge
 
 _POLL_S = 0.25  # how often a blocked receive checks for an abort or a dead peer
+#: With metrics on, every this-many-th frame of an edge and role has its codec error measured and exported.
+ERROR_SAMPLE_EVERY = 16
 
 
 def _storage_ptr(t: torch.Tensor) -> int:
@@ -44,9 +48,12 @@ class Endpoint:
     cannot bind. Not thread-safe except :meth:`abort`, which may be called from any thread.
     """
 
-    def __init__(self, index: int, transport: TransportConfig, bind: str = "127.0.0.1") -> None:
+    def __init__(self, index: int, transport: TransportConfig, bind: str = "127.0.0.1",
+                 metrics: Metrics | None = None) -> None:
         self.index = index
-        self.meter = EdgeMeter()
+        self.meter = EdgeMeter(metrics)
+        self.metrics = metrics
+        self._sent_frames: dict[tuple[EdgeId, TensorRole], int] = {}
         self._transport = transport
         self._server = StageServer(f"{bind}:0", transport, hooks=(self.meter.transport_hook,))
         self._server.start()
@@ -141,7 +148,27 @@ class Endpoint:
         frame = frame_from_encoded(enc, e, role, seq, wire_mb)
         self.meter.coded(e, role, Direction.SEND, spec, x.numel(), x.numel() * x.element_size(),
                          time.perf_counter() - t0)
+        if self.metrics is not None:
+            self._sample_error(e, role, spec, x, enc)
         self._sender(dst, role).send(frame, timeout_s=timeout_s)
+
+    def _sample_error(self, e: EdgeId, role: TensorRole, spec: str, x: torch.Tensor, enc: Any) -> None:
+        """Every ``ERROR_SAMPLE_EVERY``-th frame of an edge and role: export the codec's relative error
+        ||x - x_hat|| / ||x|| (one extra decode of our own payload) and exact bits per element."""
+        n = self._sent_frames.get((e, role), 0)
+        self._sent_frames[(e, role)] = n + 1
+        if n % ERROR_SAMPLE_EVERY or not x.is_floating_point():
+            return
+        codec = self._codec(spec)
+        if isinstance(codec, DeltaCodec):
+            return  # decoding would advance no state here, but needs the receiver's reference
+        x_hat = codec.decode(enc)  # type: ignore[attr-defined]
+        ref = x.detach().float()
+        norm = float(ref.norm())
+        err = float((x_hat.float() - ref).norm()) / norm if norm > 0 else 0.0
+        assert self.metrics is not None
+        self.metrics.relative_error(e, Direction.SEND, role, spec, err)
+        self.metrics.bits(e, Direction.SEND, role, spec, enc.bits_per_element)
 
     def flush(self, timeout_s: float) -> None:
         """Wait until every frame sent so far is acknowledged by its receiver."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from layeredge_dist.metrics import Metrics
 from layeredge_dist.transport import TransferRecord
 from layeredge_dist.types import Direction, EdgeId, EdgeStats, TensorRole
 
@@ -27,11 +28,13 @@ class _Totals:
 
 
 class EdgeMeter:
-    """Thread-safe running totals per (edge, role, direction, codec)."""
+    """Thread-safe running totals per (edge, role, direction, codec); with ``metrics`` every record is also
+    exported (encode / decode seconds here, frames, bytes and transfer seconds from the transport hook)."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self._lock = threading.Lock()
         self._totals: dict[_Key, _Totals] = {}
+        self.metrics = metrics
 
     def _get(self, key: _Key) -> _Totals:
         t = self._totals.get(key)
@@ -51,6 +54,9 @@ class EdgeMeter:
                 t.encode_s += seconds
             else:
                 t.decode_s += seconds
+        if self.metrics is not None:
+            key = "edge_encode_seconds" if direction is Direction.SEND else "edge_decode_seconds"
+            self.metrics.labelled(key, edge, direction, role, codec).observe(seconds)
 
     def transport_hook(self, record: TransferRecord) -> None:
         """Accounting hook for senders and servers: adds wire bytes and transfer seconds."""
@@ -58,6 +64,8 @@ class EdgeMeter:
             t = self._get((record.edge, record.role, record.direction, record.codec))
             t.wire_bytes += record.wire_bytes
             t.transfer_s += record.transfer_s
+        if self.metrics is not None:
+            self.metrics.transfer_record(record)
 
     def snapshot(self) -> list[EdgeStats]:
         """Totals so far, sorted by edge, role and direction."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from layeredge_dist.metrics import Metrics, start_exporter
 from layeredge_dist.model import Partition, SavedForward, build_partition, stage_backward, stage_forward
 from layeredge_dist.model.family import Side
 from layeredge_dist.schedule import (
@@ -111,7 +112,9 @@ class Stage:
                                  "different stages; keep the first and last block on one stage or untie them")
         params = [p for part in self.parts for p in part.parameters()]
         self.optimizer = spec.optimizer.build(params) if params else _NoOptimizer()
-        self.endpoint = Endpoint(spec.index, spec.transport, bind)
+        self.metrics = Metrics() if spec.metrics else None
+        self.exporter = start_exporter(self.metrics, bind, 0) if self.metrics is not None else None
+        self.endpoint = Endpoint(spec.index, spec.transport, bind, self.metrics)
         self._schedules: dict[str, Schedule] = {}
         self._last_virtual = spec.num_stages * spec.chunks - 1
         self.saved_bytes_peak = 0
@@ -236,7 +239,20 @@ class Stage:
             self.optimizer.zero_grad(set_to_none=True)  # a failed call leaves no half-accumulated gradients
             raise
         total = time.perf_counter() - t_start
-        return StepReport(spec.index, seq, mode, total, total - wait, wait, self.saved_bytes_peak, fwd, bwd, opt)
+        report = StepReport(spec.index, seq, mode, total, total - wait, wait, self.saved_bytes_peak, fwd, bwd, opt)
+        if self.metrics is not None:
+            self._export(report)
+        return report
+
+    def _export(self, report: StepReport) -> None:
+        assert self.metrics is not None
+        stage = f"s{self.spec.index}"
+        for phase, seconds in (("forward", report.forward_s), ("backward", report.backward_s),
+                               ("optimizer", report.optimizer_s)):
+            if seconds:
+                self.metrics.stage_time(stage, phase, seconds)
+        self.metrics.stage_idle(stage, report.wait_s)
+        self.metrics.bubble(stage, min(1.0, report.idle_fraction))
 
     def _forward(self, part: Partition, x: torch.Tensor, side: Side, mode: Mode, key: tuple[int, int],
                  saved: dict[tuple[int, int], tuple[SavedForward, int]]) -> torch.Tensor:
@@ -357,6 +373,13 @@ class Stage:
             pass
         return self.endpoint.meter.snapshot()
 
+    @property
+    def metrics_target(self) -> str | None:
+        """``host:port`` of this stage's Prometheus exporter (None when metrics are off)."""
+        return self.exporter.target if self.exporter is not None else None
+
     def close(self) -> None:
-        """Stop the server and close senders. Idempotent."""
+        """Stop the server, the exporter and close senders. Idempotent."""
         self.endpoint.close()
+        if self.exporter is not None:
+            self.exporter.close()

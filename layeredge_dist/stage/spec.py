@@ -122,6 +122,8 @@ class StageSpec:
     transport: TransportConfig = TransportConfig()
     recv_timeout_s: float = 120.0
     device: str = "cpu"
+    #: Export Prometheus metrics from the stage process (an exporter on a free port of the stage's node).
+    metrics: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.index < self.num_stages:

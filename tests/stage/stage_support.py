@@ -19,9 +19,10 @@ class ThreadedPipeline:
     def __init__(self, model: ModelSpec, cuts: Sequence[int], num_stages: int, schedule: str = "1f1b",
                  microbatches: int = 4, chunks: int = 1, codecs: EdgeCodecs = EdgeCodecs(),
                  optimizer: OptimizerSpec = OptimizerSpec("sgd", lr=0.1),
-                 transport: TransportConfig = TransportConfig(), timeout_s: float = 30.0) -> None:
+                 transport: TransportConfig = TransportConfig(), timeout_s: float = 30.0,
+                 metrics: bool = False) -> None:
         base = StageSpec(0, num_stages, model, tuple(cuts), schedule, microbatches, chunks, codecs, optimizer,
-                         transport, timeout_s)
+                         transport, timeout_s, metrics=metrics)
         self.stages = [Stage(replace(base, index=s)) for s in range(num_stages)]
         self.host = Host(num_stages, transport, timeout_s=timeout_s)
         peers = {s.spec.index: s.address for s in self.stages} | {num_stages: self.host.address}

@@ -84,3 +84,36 @@ def test_serving_loops_forward_without_per_call_control() -> None:
         assert sorted(counts) == [4, 4, 4]
     finally:
         pipe.close()
+
+
+def test_stages_export_edge_and_stage_metrics_over_http() -> None:
+    """With metrics on, each stage serves Prometheus text with its edges' traffic, codec error and stage times."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    model = byte_gpt_spec(SMALL, seed=3)
+    pipe = ThreadedPipeline(model, even_cuts(6, 3), 3, "1f1b", microbatches=4, codecs=EdgeCodecs("int8", "bf16"),
+                            metrics=True)
+    try:
+        pipe.call(SyntheticWorkload(model, batch_size=8, context=16, seed=1).batch(0))
+        target = pipe.stages[0].metrics_target
+        assert target is not None
+        text = urllib.request.urlopen(f"http://{target}/metrics", timeout=5).read().decode()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+        def value(name: str, **labels: str) -> float:
+            return samples[(name, tuple(sorted(labels.items())))]
+
+        act = dict(edge="s0->s1", direction="send", role="activation", codec="int8")
+        raw = value("layeredge_edge_raw_bytes_total", **act)
+        assert raw == 4 * 2 * 16 * 32 * 4  # 4 micro-batches of (2, 16, 32) fp32
+        assert value("layeredge_edge_wire_bytes_total", **act) < raw / 3  # int8: ~4x smaller
+        assert 0 < value("layeredge_edge_relative_error_ratio", **act) < 0.02
+        grad = dict(edge="s1->s0", direction="recv", role="gradient", codec="bf16")
+        assert value("layeredge_edge_frames_total", **grad) == 4
+        assert value("layeredge_stage_compute_seconds_total", stage="s0", phase="forward") > 0
+        assert 0 <= value("layeredge_stage_bubble_ratio", stage="s0") <= 1
+    finally:
+        pipe.close()
