@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     from layeredge_dist.cli import pipeline_cmd
 
     pipeline_cmd.add_arguments(sub)
+    from layeredge_dist.cli import profile_cmd
+
+    profile_cmd.add_parser(sub)
     _add_bench(sub)
     _add_cluster(sub)
     return parser

@@ -160,6 +160,7 @@ def _train(args: argparse.Namespace, defaults: Sequence[str]) -> int:
                 result = train(pipe, workload, loop, events)
                 stats = pipe.stats()
                 memory = pipe.memory()
+                proxies = pipe.proxy_values()
     except (ClusterError, StageFailure, ValueError) as err:
         print(f"layeredge: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
@@ -171,7 +172,7 @@ def _train(args: argparse.Namespace, defaults: Sequence[str]) -> int:
         "val_losses": [{"step": s, "loss": v} for s, v in result.val_losses],
         "step_seconds_p50": p50, "tokens_per_s": cfg.data.batch_size * cfg.data.context / p50 if steady else None,
         "wall_s": result.wall_s, "failures": result.failures, "resumed_from": result.resumed_from,
-        "traffic": traffic_rows(stats), "memory": memory,
+        "traffic": traffic_rows(stats), "memory": memory, "proxies": proxies,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if args.json:

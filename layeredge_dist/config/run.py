@@ -381,7 +381,7 @@ class TransportSettings(_Section):
 
 @dataclass(frozen=True)
 class MetricsConfig(_Section):
-    """Prometheus exporters (driver and stages) and periodic link measurement."""
+    """Prometheus exporters (driver and stages) and online measurement (link probes, importance proxy)."""
 
     _section: ClassVar[str] = "metrics"
 
@@ -395,12 +395,26 @@ class MetricsConfig(_Section):
         default=0,
         metadata={"help": "steps between re-measurements of every link's bandwidth and RTT (0 = never); integer >= 0"},
     )
+    proxy_every: int = field(
+        default=0,
+        metadata={"help": "online importance proxy E[(g.(a - a_hat))^2] of every activation edge on every N-th "
+                  "training step (0 = off; costs one encode + decode per codec on those steps); integer >= 0"},
+    )
+    proxy_codecs: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "candidate codec specs the online proxy also evaluates besides each edge's own, e.g. "
+                  "[int8, int4, int2]"},
+    )
 
     def _validate(self) -> None:
         if self.port is not None and not 0 <= self.port <= 65535:
             raise v.fail(self._path("port"), "a TCP port in 0..65535 or null", self.port)
-        if self.probe_every < 0:
-            raise v.fail(self._path("probe_every"), "an integer >= 0", self.probe_every)
+        for name in ("probe_every", "proxy_every"):
+            if getattr(self, name) < 0:
+                raise v.fail(self._path(name), "an integer >= 0", getattr(self, name))
+        for spec in self.proxy_codecs:
+            if not spec.strip():
+                raise v.fail(self._path("proxy_codecs"), "non-empty codec specs", self.proxy_codecs)
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,10 @@ class StageActor:
         return self.stage.probe(peer, probe_bytes)
 
     @ray.method(concurrency_group="control")
+    def proxy_values(self) -> dict[str, dict[str, dict[str, float]]]:
+        return self.stage.proxy_values()
+
+    @ray.method(concurrency_group="control")
     def memory(self) -> dict[str, int]:
         return self.stage.memory()
 

@@ -320,6 +320,13 @@ class Pipeline:
         """Drop every stage's gradients."""
         self._gather("zero_grad")
 
+    def proxy_values(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Online importance proxies of every activation edge: ``{edge: {codec: ProxyValue fields}}``."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for values in self._gather("proxy_values"):
+            out.update(values)
+        return out
+
     def memory(self) -> list[dict[str, int]]:
         """Per stage: parameter, optimizer, saved-activation and RSS bytes."""
         return self._gather("memory")

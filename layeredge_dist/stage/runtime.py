@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from layeredge_dist.measure import ProxyAccumulator
 from layeredge_dist.metrics import Metrics, start_exporter
 from layeredge_dist.model import Partition, SavedForward, build_partition, stage_backward, stage_forward
 from layeredge_dist.model.family import Side
@@ -33,7 +34,7 @@ from layeredge_dist.schedule import (
     SendGrad,
 )
 from layeredge_dist.transport import ProbeResult, TransportError, probe
-from layeredge_dist.types import EdgeStats, TensorRole
+from layeredge_dist.types import EdgeId, EdgeStats, TensorRole
 
 from . import checkpoint
 from .endpoint import Endpoint
@@ -119,6 +120,7 @@ class Stage:
         self._last_virtual = spec.num_stages * spec.chunks - 1
         self.saved_bytes_peak = 0
         self.steps_done = 0  # optimizer steps taken (restored from checkpoints)
+        self._proxies: dict[EdgeId, ProxyAccumulator] = {}
 
     # ---- wiring ---------------------------------------------------------------------------------------------
 
@@ -162,6 +164,8 @@ class Stage:
         grads: dict[tuple[int, int], torch.Tensor | None] = {}
         saved: dict[tuple[int, int], tuple[SavedForward, int]] = {}
         live_saved = 0
+        kept: dict[tuple[int, int], torch.Tensor] = {}  # activations sent, kept for the online proxy
+        proxy_on = mode == "train" and spec.proxy_every > 0 and self.steps_done % spec.proxy_every == 0
         for part in self.parts:
             part.train(mode in TRAINING)
         try:
@@ -175,6 +179,9 @@ class Stage:
                                               timeout, f"{role.value} of micro-batch {action.mb} from stage "
                                               f"{action.peer}")
                     wait += time.perf_counter() - t0
+                    sent = kept.pop((action.chunk, action.mb), None)
+                    if sent is not None:
+                        self._proxy(edge(spec.index, action.peer)).add(sent, x)
                     (inputs if role is TensorRole.ACTIVATION else grads)[(action.chunk, action.mb)] = (
                         x.to(self.device))
                 elif isinstance(action, Forward):
@@ -204,10 +211,12 @@ class Stage:
                     e = edge(spec.index, action.peer)
                     msg = sched.message(spec.index, action)
                     assert msg is not None
+                    y = outputs.pop((action.chunk, action.mb)).cpu()
                     self.endpoint.send(action.peer, TensorRole.ACTIVATION, seq,
-                                       wire_microbatch(msg.src, action.mb, p, m),
-                                       outputs.pop((action.chunk, action.mb)).cpu(),
+                                       wire_microbatch(msg.src, action.mb, p, m), y,
                                        spec.codecs.spec_for(e, TensorRole.ACTIVATION), timeout)
+                    if proxy_on:
+                        kept[(action.chunk, action.mb)] = y
                 elif isinstance(action, Backward):
                     key = (action.chunk, action.mb)
                     state, nbytes = saved.pop(key)
@@ -244,8 +253,28 @@ class Stage:
             self._export(report)
         return report
 
+    def _proxy(self, e: EdgeId) -> ProxyAccumulator:
+        acc = self._proxies.get(e)
+        if acc is None:
+            active = self.spec.codecs.spec_for(e, TensorRole.ACTIVATION)
+            specs = tuple(dict.fromkeys((active, *self.spec.proxy_codecs)))
+            acc = self._proxies[e] = ProxyAccumulator(specs, backward=False)
+        return acc
+
+    def proxy_values(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Online proxies so far: ``{edge: {codec spec: ProxyValue fields}}`` for each activation edge this stage
+        sends on (empty unless ``spec.proxy_every`` > 0). Taylor values carry the pipeline's 1/micro-batches
+        loss scale."""
+        return {str(e): {spec: dict(vars(v)) for spec, v in acc.result().items()}
+                for e, acc in self._proxies.items()}
+
     def _export(self, report: StepReport) -> None:
         assert self.metrics is not None
+        for e, acc in self._proxies.items():
+            active = self.spec.codecs.spec_for(e, TensorRole.ACTIVATION)
+            values = acc.result()
+            if active in values and values[active].micro_batches:
+                self.metrics.importance(e, "forward", "proxy", values[active].taylor_sq_mean)
         stage = f"s{self.spec.index}"
         for phase, seconds in (("forward", report.forward_s), ("backward", report.backward_s),
                                ("optimizer", report.optimizer_s)):

@@ -124,6 +124,11 @@ class StageSpec:
     device: str = "cpu"
     #: Export Prometheus metrics from the stage process (an exporter on a free port of the stage's node).
     metrics: bool = False
+    #: Online importance proxy: every ``proxy_every``-th training step (0 = off) the sender of each activation
+    #: edge keeps the activations it sent and, when their gradients come back, accumulates the Taylor proxy
+    #: E[(g·(a − â))²] of its own codec and of each of ``proxy_codecs`` (one encode + decode per codec).
+    proxy_every: int = 0
+    proxy_codecs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.index < self.num_stages:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import torch
@@ -20,9 +20,10 @@ class ThreadedPipeline:
                  microbatches: int = 4, chunks: int = 1, codecs: EdgeCodecs = EdgeCodecs(),
                  optimizer: OptimizerSpec = OptimizerSpec("sgd", lr=0.1),
                  transport: TransportConfig = TransportConfig(), timeout_s: float = 30.0,
-                 metrics: bool = False) -> None:
+                 metrics: bool = False, extra: Mapping[str, object] | None = None) -> None:
         base = StageSpec(0, num_stages, model, tuple(cuts), schedule, microbatches, chunks, codecs, optimizer,
                          transport, timeout_s, metrics=metrics)
+        base = replace(base, **dict(extra or {}))  # type: ignore[arg-type]  # TypeError for an unknown field
         self.stages = [Stage(replace(base, index=s)) for s in range(num_stages)]
         self.host = Host(num_stages, transport, timeout_s=timeout_s)
         peers = {s.spec.index: s.address for s in self.stages} | {num_stages: self.host.address}

@@ -117,3 +117,22 @@ def test_stages_export_edge_and_stage_metrics_over_http() -> None:
         assert 0 <= value("layeredge_stage_bubble_ratio", stage="s0") <= 1
     finally:
         pipe.close()
+
+
+def test_online_proxy_ranks_codecs_by_their_error() -> None:
+    """The sender keeps what it sent, and the returning gradient gives E[(g.(a - a_hat))^2] per codec, online."""
+    model = byte_gpt_spec(SMALL, seed=3)
+    pipe = ThreadedPipeline(model, even_cuts(6, 3), 3, "1f1b", microbatches=4,
+                            extra={"proxy_every": 2, "proxy_codecs": ("int2", "int4", "int8", "fp16")})
+    work = SyntheticWorkload(model, batch_size=8, context=16, seed=1)
+    try:
+        pipe.call(work.batch(0))  # step 0: measured
+        pipe.call(work.batch(1))  # step 1: not measured (every 2nd step)
+        values = pipe.stages[0].proxy_values()["s0->s1"]
+        assert values["fp32"]["taylor_sq_mean"] == 0.0  # the active codec is lossless
+        assert values["fp32"]["micro_batches"] == 4
+        sq = [values[c]["taylor_sq_mean"] for c in ("int2", "int4", "int8", "fp16")]
+        assert sq == sorted(sq, reverse=True) and sq[-1] > 0, sq
+        assert pipe.stages[2].proxy_values() == {}  # the last stage sends no activation
+    finally:
+        pipe.close()
