@@ -13,7 +13,9 @@ In one run, on the demo workload (byte-level GPT, stdlib source, 3 stages on 3 l
 - **hop**: per-hop overhead of a 64 KiB activation: forward-only calls through 1 and through 3 stages of
   identity layers (no compute), ``(p50(3 stages) - p50(1 stage)) / 2`` (encode, frame, send, receive, decode,
   schedule), both with one Ray task per call and stage and with the stages' serving loops (no Ray per call);
-- **memory** per stage of the fp32 run (parameters, optimizer state, peak saved activations, RSS).
+- **memory** per stage of the fp32 run (parameters, optimizer state, peak saved activations, RSS);
+- **measurement cost**: step time with nothing exported vs counters only (Prometheus exporters, sampled codec
+  error, stage times) vs counters plus the online proxy of three candidate codecs on every step, interleaved.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=3, help="local Ray nodes (default 3: one per stage)")
     p.add_argument("--hop-calls", type=int, default=300, help="calls per hop measurement (default 300)")
     p.add_argument("--hop-kib", type=int, default=64, help="activation size of the hop measurement (default 64)")
+    p.add_argument("--overhead-steps", type=int, default=40,
+                   help="steps per run of the measurement-overhead comparison, 0 skips it (default 40)")
+    p.add_argument("--overhead-rounds", type=int, default=3, help="interleaved rounds of that comparison (default 3)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a run config field (see layeredge train --help)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -77,6 +82,33 @@ def _single_process(cfg: RunConfig, steps: int, eval_batches: int) -> dict[str, 
         return {"val_loss": sum(val) / len(val), "step_s_p50": statistics.median(times[3:] or times)}
     finally:
         torch.set_num_threads(threads)
+
+
+#: Measurement settings compared for their cost: nothing exported; counters (Prometheus exporter, sampled codec
+#: error, stage times); counters plus the online proxy of three candidate codecs on every step.
+OVERHEAD_MODES: dict[str, tuple[str, ...]] = {
+    "off": (),
+    "counters": ("metrics.port=0",),
+    "proxy": ("metrics.port=0", "metrics.proxy_every=1", "metrics.proxy_codecs=[int8, int4, int2]"),
+}
+
+
+def _overhead(cfg: RunConfig, steps: int, rounds: int) -> dict[str, float]:
+    """Step time p50 per measurement mode, runs interleaved in rounds; ratios against ``off``."""
+    from layeredge_dist.pipeline import setup
+    from layeredge_dist.pipeline.driver import Pipeline
+    from layeredge_dist.pipeline.train import LoopConfig, train
+
+    times: dict[str, list[float]] = {m: [] for m in OVERHEAD_MODES}
+    for _ in range(rounds):
+        for mode, overrides in OVERHEAD_MODES.items():
+            c = with_overrides(cfg, list(overrides))
+            with Pipeline(setup.stage_spec(c), setup.placement(c)) as pipe:
+                res = train(pipe, setup.workload(c), LoopConfig(steps, eval_every=-1))
+                times[mode] += res.step_seconds[3:]
+    p50 = {m: statistics.median(t) for m, t in times.items()}
+    return {**{f"{m}_step_s_p50": v for m, v in p50.items()},
+            **{f"{m}_vs_off": v / p50["off"] for m, v in p50.items() if m != "off"}}
 
 
 def _hop(cfg: RunConfig, calls: int, kib: int) -> dict[str, float]:
@@ -150,6 +182,9 @@ def run(args: argparse.Namespace) -> int:
                 "step_s_p50": statistics.median(r["step_s_p50"] for r in runs)}
         log("per-hop overhead ...")
         results["hop"] = _hop(cfg, args.hop_calls, args.hop_kib)
+        if args.overhead_steps > 0:
+            log("measurement overhead ...")
+            results["measurement_overhead"] = _overhead(cfg, args.overhead_steps, args.overhead_rounds)
     log("single-process reference ...")
     results["single_process"] = _single_process(cfg, args.steps, args.eval_batches)
     ref = results["codecs"][codecs[0]]
@@ -173,6 +208,10 @@ def run(args: argparse.Namespace) -> int:
           f"a Ray task per call and stage (call p50 {hop['call_p50_us_1_stages']:.0f} us through 1 stage, "
           f"{hop['call_p50_us_3_stages']:.0f} us through 3); serving loops: p50 {hop['served_hop_p50_us']:.0f} us "
           f"({hop['served_p50_us_1_stages']:.0f} / {hop['served_p50_us_3_stages']:.0f} us)")
+    if "measurement_overhead" in results:
+        o = results["measurement_overhead"]
+        print(f"measurement cost, step time p50 vs nothing exported: counters {o['counters_vs_off']:.3f}x, "
+              f"counters + online proxy of 3 codecs on every step {o['proxy_vs_off']:.3f}x")
     from layeredge_dist.pipeline.report import format_memory
 
     print("memory per stage (" + codecs[0] + " run, seed 0)\n" + format_memory(ref["per_seed"][0]["memory"]))

@@ -720,8 +720,7 @@ def plot_profile(doc: Mapping[str, Any], path: str) -> str:
         ax2.set_yscale("log")
         ax.set_ylabel(ylabel)
         ax2.set_ylabel(y2label)
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=8, ncol=min(len(codecs), 6), loc="best", framealpha=0.6)
+        ax.set_title(title + " (colours as above)", fontsize=9)
 
     ticks = [i + 0.5 for i in range(n)]
     labels = [f"b{i}" for i in range(n)]
