@@ -14,11 +14,10 @@ RANK = {
     "types": 0, "config": 0,
     "metrics": 1,
     "codecs": 2, "model": 2,
-    "prune": 3, "measure": 3,
+    "prune": 3, "measure": 3, "schedule": 3,  # schedule is pure data + simulator: the planner builds on it
     "plan": 4,
     "wire": 5,
     "transport": 6,
-    "schedule": 7,
     "stage": 8,
     "pipeline": 9,
     "bench": 10, "testbed": 10,
@@ -31,6 +30,7 @@ FORBIDDEN = {
     "transport": {"ray"},
     "stage": {"ray"},
     "plan": {"grpc", "ray"},
+    "schedule": {"grpc", "ray", "torch"},
     "model": {"grpc", "ray"},
 }
 #: Only the wire package may import the generated protobuf code.
