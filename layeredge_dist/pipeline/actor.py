@@ -18,7 +18,7 @@ import ray
 import torch
 
 from layeredge_dist.model.family import Side
-from layeredge_dist.stage import Mode, Stage, StageSpec, StepReport
+from layeredge_dist.stage import EdgeCodecs, Mode, Stage, StageSpec, StepReport
 from layeredge_dist.transport import ProbeResult
 from layeredge_dist.types import EdgeStats
 
@@ -70,6 +70,9 @@ class StageActor:
 
     def reset(self, peers: Mapping[int, str]) -> None:
         self.stage.reset(peers)
+
+    def set_codecs(self, codecs: EdgeCodecs) -> dict[str, tuple[str, str]]:
+        return self.stage.set_codecs(codecs)
 
     def save_checkpoint(self, directory: str, step: int) -> str:
         return self.stage.save_checkpoint(directory, step)

@@ -22,7 +22,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from layeredge_dist.model import Batch, split_batch
-from layeredge_dist.stage import Host, Mode, StageSpec, StepReport, write_manifest
+from layeredge_dist.stage import EdgeCodecs, Host, Mode, StageSpec, StepReport, write_manifest
 from layeredge_dist.transport import ProbeResult, TransportError
 from layeredge_dist.types import EdgeStats
 
@@ -292,6 +292,17 @@ class Pipeline:
             except (ray.exceptions.RayError, OSError, ValueError) as err:
                 raise self._failure(i, err) from err
         return out
+
+    def set_codecs(self, codecs: EdgeCodecs) -> dict[str, tuple[str, str]]:
+        """Switch every stage to ``codecs`` between calls (a step boundary); returns the switches
+        ``{"s0->s1/forward": (old, new)}``. A stage that rejects a spec (CodecError) fails the switch as a
+        StageFailure; stages that already switched keep the new codecs (frames name their codec, so mixed
+        assignments still decode correctly)."""
+        switches: dict[str, tuple[str, str]] = {}
+        for result in self._gather("set_codecs", codecs):
+            switches.update(result)
+        self.base = replace(self.base, codecs=codecs)
+        return switches
 
     def save_checkpoint(self, directory: str, step: int, info: dict[str, Any]) -> None:
         """Every stage saves its state after ``step`` optimizer steps; then the manifest marks it complete."""

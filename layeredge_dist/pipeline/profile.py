@@ -385,9 +385,14 @@ def measure_pipeline(cfg: RunConfig, steps: int) -> dict[str, Any]:
 
     - ``edges``: per stage-to-stage edge, role and codec, sender's view: raw and wire bytes per step, transfer,
       encode and (receiver's) decode seconds per step, achieved bandwidth (wire bytes / transfer seconds, None
-      without transfer time) and ``share_of_step`` = transfer seconds per step / step time p50 (transfers overlap
-      compute, so this is the network's share of the busy time, an upper bound on what compression can save);
-      ``host_edges``: the same for the driver's inputs and losses;
+      without transfer time) and ``share_of_step`` = transfer seconds per step / step time p50. The sender's
+      transfer time of a frame runs from ``send()`` to the moment its ack is *read*; frames of a step overlap each
+      other and compute, and the TCP data path reads acks lazily (at the next send or flush), so on that path this
+      is an upper bound that can exceed the step time. Two bounds from the other side come with it:
+      ``recv_transfer_s_per_step`` (receiver: header to last byte of each frame, a lower bound that misses
+      latency) and ``link_est_s_per_step`` = wire bytes / probed link bandwidth + frames * RTT / 2, with
+      ``link_share_of_step`` = that / step time p50 (what the link itself costs per step);
+      ``host_edges``: the driver's inputs and losses, same fields without the link figures;
     - ``stages``: per stage and step (median over steps): total, forward, backward, optimizer, idle (blocked in
       receives) and other (encode / send / bookkeeping) seconds, and ``bubble_fraction`` = idle / total;
     - ``links``: :meth:`Pipeline.probe_links` RTT (s) and bandwidth (bytes/s) of every link;
@@ -423,6 +428,7 @@ def measure_pipeline(cfg: RunConfig, steps: int) -> dict[str, Any]:
 
     p50 = statistics.median(step_s)
     # counters over the measured steps only
+    probes = {(a, b): r for (a, b), r in links.items()}
     deltas: dict[tuple[str, str, str, str], dict[str, float]] = {}
     for s in after:
         key = _stats_key(s)
@@ -445,6 +451,7 @@ def measure_pipeline(cfg: RunConfig, steps: int) -> dict[str, Any]:
             "elements_per_step": d["elements"] / steps, "raw_bytes_per_step": d["raw_bytes"] / steps,
             "wire_bytes_per_step": d["wire_bytes"] / steps, "transfer_s_per_step": transfer,
             "encode_s_per_step": d["encode_s"] / steps, "decode_s_per_step": recv.get("decode_s", 0.0) / steps,
+            "recv_transfer_s_per_step": recv.get("transfer_s", 0.0) / steps,
             "achieved_Bps": d["wire_bytes"] / d["transfer_s"] if d["transfer_s"] > 0 else None,
             "share_of_step": transfer / p50 if p50 > 0 else None,
         }
@@ -454,6 +461,13 @@ def measure_pipeline(cfg: RunConfig, steps: int) -> dict[str, Any]:
         link = (src, dst) if role == "activation" else (dst, src)
         row["link"] = _edge_name(*link)
         row["cuts"] = [k for k, c in enumerate(cut_links) if c == link]
+        pr = probes.get(link)
+        frames = spec.microbatches * len(row["cuts"])  # one frame per micro-batch and cut on this link
+        est = (row["wire_bytes_per_step"] / pr.bandwidth_Bps + frames * pr.rtt_s / 2
+               if pr is not None and pr.bandwidth_Bps > 0 else None)
+        row["frames_per_step"] = frames
+        row["link_est_s_per_step"] = est
+        row["link_share_of_step"] = est / p50 if est is not None and p50 > 0 else None
         edges.append(row)
 
     stages: list[dict[str, Any]] = []
@@ -557,12 +571,19 @@ def format_profile(doc: Mapping[str, Any]) -> str:
             lk = bw.get(e["link"], {})
             rows.append([e["edge"], e["direction"], e["codec"], f"{e['raw_bytes_per_step'] / MB:.3f}",
                          f"{e['wire_bytes_per_step'] / MB:.3f}", f"{e['transfer_s_per_step'] * 1e3:.2f}",
-                         _g(None if e["achieved_Bps"] is None else e["achieved_Bps"] / MB, ".0f"),
+                         _g(None if e["share_of_step"] is None else 100 * e["share_of_step"], ".0f"),
+                         _g(None if e["achieved_Bps"] is None else e["achieved_Bps"] / MB, ".1f"),
+                         f"{e['recv_transfer_s_per_step'] * 1e3:.2f}",
                          _g(None if lk.get("bandwidth_Bps") is None else lk["bandwidth_Bps"] / MB, ".0f"),
                          _g(None if lk.get("rtt_s") is None else lk["rtt_s"] * 1e3, ".2f"),
-                         _g(None if e["share_of_step"] is None else 100 * e["share_of_step"], ".1f")])
-        out.append(table(["edge", "dir", "codec", "raw MB/step", "wire MB/step", "transfer ms/step",
-                          "achieved MB/s", "link MB/s", "link RTT ms", "% of step"], rows, left=3))
+                         _g(None if e.get("link_est_s_per_step") is None else e["link_est_s_per_step"] * 1e3, ".2f"),
+                         _g(None if e.get("link_share_of_step") is None else 100 * e["link_share_of_step"], ".1f")])
+        out.append(table(["edge", "dir", "codec", "raw MB/step", "wire MB/step", "send->ack ms/step", "%",
+                          "MB/s", "recv ms/step", "link MB/s", "RTT ms", "link est ms/step", "% of step"], rows,
+                         left=3))
+        out.append("send->ack: sender's time from send() to reading the ack, summed over frames (overlapping; an "
+                   "upper bound); recv: receiver's header-to-last-byte time (a lower bound); link est: wire bytes "
+                   "/ probed link bandwidth + frames x RTT/2; % of step = link est / step time p50")
         rows = [[f"s{s['stage']}", f"{s['total_s'] * 1e3:.1f}", f"{s['forward_s'] * 1e3:.1f}",
                  f"{s['backward_s'] * 1e3:.1f}", f"{s['optimizer_s'] * 1e3:.1f}", f"{s['other_s'] * 1e3:.1f}",
                  f"{s['idle_s'] * 1e3:.1f}", f"{s['bubble_fraction']:.0%}"] for s in pipe["stages"]]
@@ -638,9 +659,12 @@ def plot_profile(doc: Mapping[str, Any], path: str) -> str:
         hs.append(bt.get("post") or 0.0)
         cs.append(colors(owner[-1] if owner else n_stages - 1))
     positive = [h for h in hs if h > 0]
+    pipe_present = bool(doc.get("pipeline"))
     floor = min(positive) / 10 if positive else 1e-12
     ax.bar(xs, [max(h, floor) for h in hs], width=0.7, color=cs, alpha=0.8)
     ax.set_yscale("log")
+    if positive:
+        ax.set_ylim(floor, max(positive) * (30 if pipe_present else 5))  # headroom for the stage labels
     ax.set_ylabel("weight Taylor\nΣ|w·∂L/∂w| per block")
     pipe = doc.get("pipeline")
     stage_t = {s["stage"]: s for s in pipe["stages"]} if pipe else {}
@@ -664,7 +688,7 @@ def plot_profile(doc: Mapping[str, Any], path: str) -> str:
     if pipe:
         for e in pipe["edges"]:
             for k in e.get("cuts", []):
-                share[k] = share.get(k, 0.0) + (e["share_of_step"] or 0.0)
+                share[k] = share.get(k, 0.0) + (e.get("link_share_of_step") or 0.0) / max(1, len(e["cuts"]))
     for j, name in enumerate(series):
         vals = []
         for k in sorted(by_cut):
@@ -680,7 +704,7 @@ def plot_profile(doc: Mapping[str, Any], path: str) -> str:
         raw = sum(d["raw_bytes_per_step"] for d in by_cut[k].values()) / MB
         txt = f"{raw:.2f} MB/step"
         if k in share:
-            txt += f"\n{100 * share[k]:.1f}% of step"
+            txt += f"\nlink est. {100 * share[k]:.1f}% of step"
         ax.annotate(txt, (cuts[k], raw), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
     ax.set_ylabel("MB per training step\n(forward + backward)")
     ax.margins(y=0.25)

@@ -14,7 +14,7 @@ import resource
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -39,7 +39,7 @@ from layeredge_dist.types import EdgeId, EdgeStats, TensorRole
 from . import checkpoint
 from .endpoint import Endpoint
 from .errors import StageError
-from .spec import HOST_CODEC, TRAINING, Mode, StageSpec, edge, wire_microbatch
+from .spec import HOST_CODEC, TRAINING, EdgeCodecs, Mode, StageSpec, edge, wire_microbatch
 
 
 @dataclass(frozen=True)
@@ -327,6 +327,37 @@ class Stage:
                                spec.recv_timeout_s)
             served += 1
         return served
+
+    # ---- codecs ---------------------------------------------------------------------------------------------
+
+    def set_codecs(self, codecs: EdgeCodecs) -> dict[str, tuple[str, str]]:
+        """Use ``codecs`` from the next call on (call between calls: a step boundary). Every frame names its own
+        codec and receivers decode what the header says, so both ends agree by construction; stateful codec
+        state of replaced specs is dropped. Raises CodecError (and changes nothing) for an unknown spec.
+
+        Returns the switches of this stage's outgoing edges: ``{"s0->s1/forward": (old, new)}``.
+        """
+        from layeredge_dist.codecs import parse_any
+
+        spec = self.spec
+        outgoing = [(edge(spec.index, (spec.index + 1) % spec.num_stages), TensorRole.ACTIVATION, "forward"),
+                    (edge(spec.index, (spec.index - 1) % spec.num_stages), TensorRole.GRADIENT, "backward")]
+        switches: dict[str, tuple[str, str]] = {}
+        for e, role, direction in outgoing:
+            if e.src == e.dst:
+                continue
+            old, new = spec.codecs.spec_for(e, role), codecs.spec_for(e, role)
+            parse_any(new)  # validate before changing anything
+            if old != new:
+                cut = e if role is TensorRole.ACTIVATION else EdgeId(e.dst, e.src)
+                switches[f"{cut}/{direction}"] = (old, new)
+        self.spec = replace(spec, codecs=codecs)
+        self._proxies.clear()
+        if self.metrics is not None:
+            for key, (old, new) in switches.items():
+                cut, direction = key.split("/")
+                self.metrics.codec_switch(cut, direction, new, old)
+        return switches
 
     # ---- control --------------------------------------------------------------------------------------------
 

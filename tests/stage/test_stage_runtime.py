@@ -136,3 +136,32 @@ def test_online_proxy_ranks_codecs_by_their_error() -> None:
         assert pipe.stages[2].proxy_values() == {}  # the last stage sends no activation
     finally:
         pipe.close()
+
+
+def test_codec_switch_at_a_step_boundary_keeps_training() -> None:
+    """Switching codecs between calls: new frames carry the new spec, receivers decode them, no call fails."""
+    from layeredge_dist.codecs import CodecError
+    from layeredge_dist.types import Direction
+
+    model = byte_gpt_spec(SMALL, seed=3)
+    pipe = ThreadedPipeline(model, even_cuts(6, 3), 3, "1f1b", microbatches=4)
+    work = SyntheticWorkload(model, batch_size=8, context=16, seed=1)
+    try:
+        pipe.call(work.batch(0))
+        new = EdgeCodecs("fp32", "fp32", {"s0->s1": {"forward": "int8", "backward": "bf16"}})
+        switches = [stage.set_codecs(new) for stage in pipe.stages]
+        assert switches[0] == {"s0->s1/forward": ("fp32", "int8")}
+        assert switches[1] == {"s0->s1/backward": ("fp32", "bf16")}
+        assert switches[2] == {}
+        losses = pipe.call(work.batch(1))
+        assert all(torch.isfinite(x) for x in losses)
+        sent = {(str(s.edge), s.role.value, s.codec): s.elements for s in pipe.stages[0].stats()
+                if s.direction is Direction.SEND}
+        assert sent[("s0->s1", "activation", "fp32")] == sent[("s0->s1", "activation", "int8")] > 0
+        got = {(str(s.edge), s.codec) for s in pipe.stages[0].stats() if s.direction is Direction.RECV}
+        assert ("s1->s0", "bf16") in got
+        with pytest.raises(CodecError):
+            pipe.stages[0].set_codecs(EdgeCodecs("nonsense"))
+        assert pipe.stages[0].spec.codecs == new  # unchanged after the rejected switch
+    finally:
+        pipe.close()
