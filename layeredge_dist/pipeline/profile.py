@@ -526,7 +526,7 @@ def _g(v: float | None, fmt: str = ".2e") -> str:
 def format_profile(doc: Mapping[str, Any]) -> str:
     """The profile as text: one table per cut (both directions, a row per codec), the pipeline's per-edge
     traffic with link bandwidth and share of step time, the stage time breakdown, and the Spearman line."""
-    from .report import table
+    from .report import format_memory, table
 
     out: list[str] = []
     model = doc["model"]
@@ -590,6 +590,9 @@ def format_profile(doc: Mapping[str, Any]) -> str:
         out.append("")
         out.append("stage time per step (median, ms)")
         out.append(table(["stage", "total", "forward", "backward", "optimizer", "other", "idle", "bubble"], rows))
+        if pipe.get("memory"):
+            out.append("")
+            out.append("memory per stage\n" + format_memory(pipe["memory"]))
     out.append("")
     out.append(f"Spearman(proxy, measured sensitivity) over {sp['pairs']} (cut, codec) pairs: forward "
                f"{_g(sp['forward'], '.3f')} (mean |loss delta| vs mean |Taylor| {_g(sp['forward_abs'], '.3f')}), "

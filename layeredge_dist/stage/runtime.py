@@ -98,19 +98,27 @@ class Stage:
     """Stage ``spec.index`` of a pipeline: its partitions, optimizer and edge endpoint.
 
     ``bind`` is the host its server listens on. Construction builds the partitions from ``spec.model`` (never a
-    pickled model), which raises ValueError for cuts that do not fit and KeyError for an unknown family; a model
-    whose tied parameters would span two stages raises StageError (not supported yet).
+    pickled model), which raises ValueError for cuts that do not fit and KeyError for an unknown family. Parameters
+    tied across the first and last stage get their gradients summed over the edge transport before each optimizer
+    step (StageError when interleaved: not supported there).
     """
 
     def __init__(self, spec: StageSpec, bind: str = "127.0.0.1") -> None:
         self.spec = spec
         self.device = torch.device(spec.device)
         self.parts: list[Partition] = [build_partition(ps, device=self.device) for ps in spec.partition_specs()]
-        for part in self.parts:
-            ties = part.family.tied_partition_keys()
-            if ties and part.spec.num_stages > 1 and part.spec.is_last:
-                raise StageError(f"{part.family.name} ties {ties[0][0]} to {ties[0][1]}, and the cut puts them on "
-                                 "different stages; keep the first and last block on one stage or untie them")
+        # Parameters tied across stages (an LM head tied to the embedding): both copies get the summed gradient
+        # before every optimizer step, so identical updates keep them equal. (local key, partner stage) pairs.
+        self._ties: list[tuple[str, int]] = []
+        ties = self.parts[0].family.tied_partition_keys()
+        if ties and spec.num_stages > 1:
+            if spec.chunks != 1:
+                raise StageError(f"{self.parts[0].family.name} ties {ties[0][0]} to {ties[0][1]} across stages; "
+                                 "tied parameters are supported with chunks == 1 only")
+            if spec.index == 0:
+                self._ties = [(pre_key, spec.num_stages - 1) for _, pre_key in ties]
+            elif spec.index == spec.num_stages - 1:
+                self._ties = [(post_key, 0) for post_key, _ in ties]
         params = [p for part in self.parts for p in part.parameters()]
         self.optimizer = spec.optimizer.build(params) if params else _NoOptimizer()
         self.metrics = Metrics() if spec.metrics else None
@@ -240,6 +248,8 @@ class Stage:
                     if mode == "grad":
                         continue  # gradients stay for inspection (verify)
                     t0 = time.perf_counter()
+                    if self._ties:
+                        wait += self._sync_tied(seq, timeout)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     opt += time.perf_counter() - t0
@@ -282,6 +292,24 @@ class Stage:
                 self.metrics.stage_time(stage, phase, seconds)
         self.metrics.stage_idle(stage, report.wait_s)
         self.metrics.bubble(stage, min(1.0, report.idle_fraction))
+
+    def _sync_tied(self, seq: int, timeout: float) -> float:
+        """Add the partner stage's gradient of every tied parameter to ours (lossless ``raw`` frames on
+        the gradient role, micro-batch numbers past the schedule's); returns the seconds spent waiting."""
+        base = self.spec.microbatches * self.spec.chunks
+        params = dict(self.parts[0].named_parameters(remove_duplicate=False))
+        params.update(dict(self.parts[-1].named_parameters(remove_duplicate=False)))
+        for i, (key, partner) in enumerate(self._ties):
+            p = params[key]
+            g = p.grad if p.grad is not None else torch.zeros_like(p)
+            self.endpoint.send(partner, TensorRole.GRADIENT, seq, base + i, g.detach().cpu(), HOST_CODEC, timeout)
+        t0 = time.perf_counter()
+        for i, (key, partner) in enumerate(self._ties):
+            other = self.endpoint.receive(partner, TensorRole.GRADIENT, seq, base + i, timeout,
+                                          f"gradient of the tied parameter {key} from stage {partner}")
+            p = params[key]
+            p.grad = other.to(p.device) if p.grad is None else p.grad + other.to(p.device)
+        return time.perf_counter() - t0
 
     def _forward(self, part: Partition, x: torch.Tensor, side: Side, mode: Mode, key: tuple[int, int],
                  saved: dict[tuple[int, int], tuple[SavedForward, int]]) -> torch.Tensor:

@@ -165,3 +165,40 @@ def test_codec_switch_at_a_step_boundary_keeps_training() -> None:
         assert pipe.stages[0].spec.codecs == new  # unchanged after the rejected switch
     finally:
         pipe.close()
+
+
+def test_embedding_tied_across_stages_stays_tied_and_matches_single_process() -> None:
+    """GPT-2 ties lm_head to wte: stage 0 and the last stage sum their gradients before each step."""
+    pytest.importorskip("transformers")
+    from layeredge_dist.model import ModelSpec, build_reference, family_for
+    from layeredge_dist.stage import OptimizerSpec
+
+    model = ModelSpec("hf_gpt2", {
+        "n_layer": 3, "n_embd": 32, "n_head": 4, "vocab_size": 64, "n_positions": 16, "bos_token_id": 0,
+        "eos_token_id": 0, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": True,
+    }, seed=11)
+    work = SyntheticWorkload(model, batch_size=8, context=16, seed=1)
+    pipe = ThreadedPipeline(model, (1, 2), 3, "1f1b", microbatches=4, optimizer=OptimizerSpec("sgd", lr=0.5))
+    try:
+        pipe.call(work.batch(0), mode="grad")  # unsynced copies sum to the native gradient
+        _, want = reference_step(model, *split_batch(work.batch(0), 4))
+        grad_diff, _ = grad_difference(want, merge_grads(model, (1, 2), _per_virtual(pipe)))
+        assert grad_diff <= 1e-5
+        for stage in pipe.stages:
+            stage.optimizer.zero_grad(set_to_none=True)
+        for step in range(2):
+            pipe.call(work.batch(step))
+        wte = pipe.stages[0].parameters()[0]["pre.wte.weight"]
+        head = pipe.stages[2].parameters()[0]["post.lm_head.weight"]
+        assert torch.equal(wte, head)  # still one parameter in effect
+        native = build_reference(model=model)
+        family = family_for(model.family, model.config)
+        opt = torch.optim.SGD(native.parameters(), lr=0.5)
+        for step in range(2):
+            for x, side in zip(*split_batch(work.batch(step), 4)):
+                (family.native_loss(native, x, side) / 4).backward()
+            opt.step()
+            opt.zero_grad()
+        assert float((native.get_parameter("transformer.wte.weight").detach() - wte).abs().max()) <= 1e-5
+    finally:
+        pipe.close()
