@@ -21,15 +21,21 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -
 
 
 def traffic_rows(stats: Sequence[EdgeStats]) -> list[dict[str, object]]:
-    """One row per (edge, role, codec), sender's view, with the receiver's decode time added."""
-    decode = {(s.edge, s.role, s.codec): s.decode_s for s in stats if s.direction is Direction.RECV}
+    """One row per (edge, role, codec): the sender's bytes and encode time, the receiver's decode time and
+    transfer time (``transfer_s``: first to last byte of each frame at the receiver, summed), the achieved
+    bandwidth ``wire_bytes / transfer_s`` and the sender's ``ack_s`` (send() until the ack was read: includes
+    waiting for the receiver, and on the TCP data path acks are read lazily, so it is an upper bound)."""
+    recv = {(s.edge, s.role, s.codec): s for s in stats if s.direction is Direction.RECV}
     rows = []
     for s in sorted((s for s in stats if s.direction is Direction.SEND), key=lambda s: (s.edge, s.role.value)):
+        r = recv.get((s.edge, s.role, s.codec))
+        transfer = r.transfer_s if r is not None else None
         rows.append({"edge": str(s.edge), "role": s.role.value, "codec": s.codec, "elements": s.elements,
                      "raw_bytes": s.raw_bytes, "wire_bytes": s.wire_bytes,
                      "ratio": s.compression_ratio if s.wire_bytes else None,
                      "bits_per_element": s.bits_per_element, "encode_s": s.encode_s,
-                     "decode_s": decode.get((s.edge, s.role, s.codec), 0.0), "transfer_s": s.transfer_s})
+                     "decode_s": r.decode_s if r is not None else None, "transfer_s": transfer,
+                     "bandwidth_Bps": s.wire_bytes / transfer if transfer else None, "ack_s": s.transfer_s})
     return rows
 
 
@@ -37,15 +43,18 @@ def format_traffic(stats: Sequence[EdgeStats], num_stages: int) -> str:
     """The per-edge traffic table (the host, pseudo-stage ``num_stages``, is shown as ``host``)."""
     host = f"s{num_stages}"
     rows = []
+    def ms(v: object) -> str:
+        return "-" if v is None else f"{float(v) * 1e3:.0f}"  # type: ignore[arg-type]
+
     for r in traffic_rows(stats):
         edge = str(r["edge"]).replace(host, "host")
-        ratio = r["ratio"]
+        ratio, bw = r["ratio"], r["bandwidth_Bps"]
         rows.append([edge, str(r["role"]), str(r["codec"]), f"{int(r['raw_bytes']) / MB:.1f}",  # type: ignore[call-overload]
                      f"{int(r['wire_bytes']) / MB:.1f}", f"{ratio:.2f}x" if ratio else "-",  # type: ignore[call-overload]
-                     f"{float(r['bits_per_element']):.2f}", f"{float(r['encode_s']) * 1e3:.0f}",  # type: ignore[arg-type]
-                     f"{float(r['decode_s']) * 1e3:.0f}", f"{float(r['transfer_s']) * 1e3:.0f}"])  # type: ignore[arg-type]
+                     f"{float(r['bits_per_element']):.2f}", ms(r["encode_s"]), ms(r["decode_s"]),  # type: ignore[arg-type]
+                     ms(r["transfer_s"]), "-" if bw is None else f"{float(bw) / MB:.0f}"])  # type: ignore[arg-type]
     return table(["edge", "role", "codec", "raw MB", "wire MB", "ratio", "bits/elem", "encode ms", "decode ms",
-                  "transfer ms"], rows, left=3)
+                  "transfer ms", "MB/s"], rows, left=3)
 
 
 def format_memory(memory: Sequence[Mapping[str, int]]) -> str:

@@ -102,6 +102,7 @@ def test_with_pipeline(ray_cluster, capsys: pytest.CaptureFixture[str]) -> None:
         assert e["raw_bytes_per_step"] == 4 * 8 * 32 * 32  # exactly the calibration's figure
         assert 0 < e["wire_bytes_per_step"] < e["raw_bytes_per_step"] / 3  # int8 plus frame headers
         assert e["transfer_s_per_step"] > 0 and e["achieved_Bps"] > 0 and 0 < e["share_of_step"]
+        assert e["frames_per_step"] == 4 and 0 < e["link_est_s_per_step"] and 0 < e["link_share_of_step"]
     for e in bwd.values():
         assert e["codec"] == "fp32" and e["wire_bytes_per_step"] >= e["raw_bytes_per_step"]
     links = {lk["link"]: lk for lk in pipe["links"]}
@@ -112,3 +113,7 @@ def test_with_pipeline(ray_cluster, capsys: pytest.CaptureFixture[str]) -> None:
         assert 0.0 <= s["bubble_fraction"] <= 1.0
         assert s["forward_s"] > 0 and s["backward_s"] > 0 and s["total_s"] >= s["idle_s"]
     assert len(pipe["memory"]) == 3 and all(m["param_bytes"] > 0 for m in pipe["memory"])
+    from layeredge_dist.pipeline.profile import format_profile
+
+    text = format_profile(doc)
+    assert "s0->s1  forward   int8" in text and "bubble" in text and "memory per stage" in text

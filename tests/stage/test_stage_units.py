@@ -749,6 +749,8 @@ def test_traffic_rows_use_sender_view_with_receiver_decode() -> None:
     r = rows[("s0->s1", "activation")]
     assert r["ratio"] == pytest.approx(3.2) and r["bits_per_element"] == pytest.approx(10.0)
     assert r["decode_s"] == pytest.approx(0.007) and r["encode_s"] == pytest.approx(0.030)
+    assert r["transfer_s"] == pytest.approx(0.009) and r["ack_s"] == pytest.approx(0.010)  # receiver's vs sender's
+    assert r["bandwidth_Bps"] == pytest.approx(1_250_000 / 0.009)
     assert rows[("s2->s3", "activation")]["ratio"] is None
 
 
@@ -760,8 +762,9 @@ def test_format_traffic_table() -> None:
     assert set(by_edge) == {"host->s0/activation", "s0->s1/activation", "s1->s0/gradient", "s2->host/activation"}
     assert "s3" not in text
     row = by_edge["s0->s1/activation"]
-    # edge role codec rawMB wireMB ratio bits/elem encode_ms decode_ms transfer_ms
-    assert row[2:] == ["int8", "4.0", "1.2", "3.20x", "10.00", "30", "7", "10"]
+    # edge role codec rawMB wireMB ratio bits/elem encode_ms decode_ms transfer_ms(recv) MB/s
+    assert row[2:] == ["int8", "4.0", "1.2", "3.20x", "10.00", "30", "7", "9", "139"]
+    assert by_edge["s1->s0/gradient"][-2:] == ["-", "-"]  # no receiver record: no transfer time, no bandwidth
     assert by_edge["s1->s0/gradient"][2:7] == ["fp32", "2.0", "2.0", "1.00x", "32.00"]
     assert by_edge["s2->host/activation"][5] == "-"  # nothing on the wire: no ratio
     assert by_edge["host->s0/activation"][6] == "64.80"
