@@ -373,10 +373,35 @@ class TransportSettings(_Section):
         default=True,
         metadata={"help": "tune glibc malloc (trim/mmap thresholds) for large frame buffers; true | false"},
     )
+    tls_ca: str | None = field(
+        default=None,
+        metadata={"help": "PEM file of the CA that signed every stage's certificate (every node can read it); with "
+                  "tls_cert and tls_key: mutual TLS on every edge (needs data_path grpc); null = no TLS"},
+    )
+    tls_cert: str | None = field(
+        default=None, metadata={"help": "PEM certificate chain every stage and the driver present (server and client)"}
+    )
+    tls_key: str | None = field(default=None, metadata={"help": "PEM private key of tls_cert"})
+    tls_server_name: str | None = field(
+        default=None,
+        metadata={"help": "name to verify in the peers' certificate instead of their IP (when the certificate "
+                  "has no IP SANs); null = the address"},
+    )
+    allow_plaintext_token: bool = field(
+        default=False,
+        metadata={"help": "on non-loopback addresses without TLS, send the per-run bearer token in clear text "
+                  "anyway (trusted private networks only; otherwise stages refuse to start there)"},
+    )
 
     def _validate(self) -> None:
         v.one_of(self._path("data_path"), self.data_path, DATA_PATHS)
         v.greater(self._path("recv_timeout_s"), self.recv_timeout_s, 0.0)
+        tls = (self.tls_ca, self.tls_cert, self.tls_key)
+        if any(t is not None for t in tls) and not all(t is not None for t in tls):
+            raise v.fail(self._path("tls_ca"), "tls_ca, tls_cert and tls_key all set or all null", tls)
+        if self.tls_ca is not None and self.data_path == "tcp":
+            raise v.fail(self._path("data_path"), "grpc when TLS is configured (the tcp data path carries no TLS)",
+                         self.data_path)
 
 
 @dataclass(frozen=True)

@@ -65,12 +65,15 @@ class Pipeline:
     """Stage actors plus the driver's host endpoint. Use as a context manager or call :meth:`close`.
 
     ``base`` is the spec every stage gets (its ``index`` is replaced per stage; ``device="auto"`` picks CUDA on
-    GPU nodes). Raises StageFailure when actors do not start within ``start_timeout_s`` and ClusterError when
+    GPU nodes). The driver's endpoint binds ``driver_ip`` (default: this node's Ray IP, so stages on other
+    hosts reach it). Raises StageFailure when actors do not start within ``start_timeout_s`` and ClusterError when
     the placement is impossible (e.g. strict_spread on too few nodes).
     """
 
-    def __init__(self, base: StageSpec, placement: Placement = Placement(), driver_ip: str = "127.0.0.1") -> None:
+    def __init__(self, base: StageSpec, placement: Placement = Placement(), driver_ip: str | None = None) -> None:
         self.base = base
+        #: Where the driver's host endpoint (and exporter) listen: this node's Ray IP unless given.
+        self.driver_ip = driver_ip or ray.util.get_node_ip_address()
         self.placement = placement
         self.num_stages = base.num_stages
         nodes = alive_nodes()
@@ -96,7 +99,7 @@ class Pipeline:
                     max_restarts=placement.max_restarts, max_task_retries=0,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=s),
                 ).remote(replace(base, index=s)))
-            self.host = Host(self.num_stages, base.transport, bind=driver_ip, timeout_s=base.recv_timeout_s)
+            self.host = Host(self.num_stages, base.transport, bind=self.driver_ip, timeout_s=base.recv_timeout_s)
             self.infos = self._wait_alive(range(self.num_stages))
             self._wire()
         except BaseException:

@@ -29,13 +29,13 @@ class Observer(Events):
     """Metrics of one run on the driver. ``port`` 0 picks a free port; ``sd_path`` is where the file-SD JSON
     goes (None: not written). Raises OSError when the exporter cannot bind."""
 
-    def __init__(self, run: str, pipe: Pipeline, tokens_per_step: int, port: int = 0, host: str = "127.0.0.1",
+    def __init__(self, run: str, pipe: Pipeline, tokens_per_step: int, port: int = 0, host: str | None = None,
                  sd_path: str | Path | None = None) -> None:
         self.run = run_label(run)
         self.pipe = pipe
         self.tokens_per_step = tokens_per_step
         self.metrics = Metrics()
-        self.exporter = start_exporter(self.metrics, host, port)
+        self.exporter = start_exporter(self.metrics, host or pipe.driver_ip, port)  # reachable like the driver
         self.sd_path = Path(sd_path) if sd_path is not None else None
         if self.sd_path is not None:
             self.sd_path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from layeredge_dist.config import RunConfig, config_to_dict
 from layeredge_dist.model import CorpusConfig, ModelSpec, Workload, even_cuts, family_for, workload_for
 from layeredge_dist.stage import EdgeCodecs, OptimizerSpec, StageSpec
-from layeredge_dist.transport import TransportConfig
+from layeredge_dist.transport import TLSConfig, TransportConfig
 
 from .driver import Placement
 
@@ -31,9 +31,16 @@ def cuts(cfg: RunConfig, model: ModelSpec) -> tuple[int, ...]:
 
 
 def transport(cfg: RunConfig, token: str | None = None) -> TransportConfig:
-    """Transport settings of a run; every run gets its own random bearer token unless one is given."""
-    return TransportConfig(token=token or secrets.token_hex(16), tcp_data_path=cfg.transport.data_path == "tcp",
-                           tune_malloc=cfg.transport.tune_malloc)
+    """Transport settings of a run; every run gets its own random bearer token unless one is given. With
+    ``transport.tls_*`` every edge uses mutual TLS (the files are read here, on the driver, and travel in the
+    stage specs). Raises OSError when a TLS file cannot be read."""
+    t = cfg.transport
+    tls = None
+    if t.tls_ca is not None:
+        tls = TLSConfig.from_files(t.tls_ca, t.tls_cert, t.tls_key, require_client_auth=True,
+                                   server_name_override=t.tls_server_name)
+    return TransportConfig(token=token or secrets.token_hex(16), tls=tls, tcp_data_path=t.data_path == "tcp",
+                           tune_malloc=t.tune_malloc, allow_unauthenticated=t.allow_plaintext_token)
 
 
 def stage_spec(cfg: RunConfig, token: str | None = None) -> StageSpec:
