@@ -47,6 +47,8 @@ ALLOWED_LABELS: frozenset[str] = frozenset(
     {"stage", "edge", "direction", "role", "codec", "reason", "kind", "src", "dst", "phase", "run", "split"}
 )
 
+#: Edge label of rejected frames whose edge is not known (unparseable header, failed authentication).
+UNKNOWN_EDGE = "unknown"
 #: Directions of edge-traffic families: the recording process sent or received the frame.
 TRAFFIC_DIRECTIONS: tuple[str, ...] = ("send", "recv")
 #: Directions of edge-plan families: forward (activations) or backward (gradients) dataflow.
@@ -122,6 +124,8 @@ def label_value(family: str, label: str, value: object, directions: Sequence[str
         if not _STAGE_RE.fullmatch(value):
             raise MetricLabelError(family, label, _short(value), "expected a stage id 's<int>' (s0..s9999) or 'host'")
     elif label == "edge":
+        if value == UNKNOWN_EDGE and "rejected_frames" in family:
+            return value  # a frame rejected before its edge could be read (bad header, failed auth)
         m = _EDGE_RE.fullmatch(value)
         if m is None:
             raise MetricLabelError(family, label, _short(value), "expected a canonical edge id 's<int>->s<int>'")

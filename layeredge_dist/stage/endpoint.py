@@ -17,6 +17,7 @@ import torch
 
 from layeredge_dist.codecs import parse_any
 from layeredge_dist.metrics import Metrics
+from layeredge_dist.metrics.labels import UNKNOWN_EDGE
 from layeredge_dist.codecs.stateful import DeltaCodec, DeltaState, EFState, ErrorFeedback
 from layeredge_dist.transport import (
     DeadlineExceeded,
@@ -55,7 +56,8 @@ class Endpoint:
         self.metrics = metrics
         self._sent_frames: dict[tuple[EdgeId, TensorRole], int] = {}
         self._transport = transport
-        self._server = StageServer(f"{bind}:0", transport, hooks=(self.meter.transport_hook,))
+        self._server = StageServer(f"{bind}:0", transport, hooks=(self.meter.transport_hook,),
+                                   on_reject=self._rejected if metrics is not None else None)
         self._server.start()
         self._peers: dict[int, str] = {}
         self._senders: dict[tuple[int, TensorRole], EdgeSender] = {}
@@ -66,6 +68,10 @@ class Endpoint:
         self._abort_lock = threading.Lock()
         self._aborted_upto = -1  # calls with seq <= this give up
         self.stale_frames = 0
+
+    def _rejected(self, e: EdgeId | None, reason: str) -> None:
+        assert self.metrics is not None
+        self.metrics.rejected(e if e is not None else UNKNOWN_EDGE, reason)
 
     @property
     def address(self) -> str:

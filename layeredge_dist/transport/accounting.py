@@ -33,6 +33,19 @@ class TransferRecord:
 
 
 AccountingHook = Callable[[TransferRecord], None]
+#: Called with (edge or None when unknown, reason) for every frame a receiver refuses.
+RejectHook = Callable[[EdgeId | None, str], None]
+
+#: FrameError fields -> the bounded reasons metrics use (anything else is "header"; no error means "auth").
+_REASONS = {"checksum": "checksum", "checksum_kind": "checksum", "payload_length": "length", "codec": "codec",
+            "dtype": "dtype", "shape": "shape"}
+
+
+def reject_reason(err: Exception | None) -> str:
+    """The bounded reason of a refused frame: checksum, length, codec, dtype, shape, header; auth for None."""
+    if err is None:
+        return "auth"
+    return _REASONS.get(getattr(err, "field", ""), "header")
 
 #: Names of the counters every endpoint keeps.
 COUNTER_NAMES = (

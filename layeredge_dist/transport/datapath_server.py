@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from layeredge_dist.types import EdgeId, TensorRole
-from layeredge_dist.wire import Frame, FrameError, Limits, datapath, header_from_bytes
+from layeredge_dist.wire import Frame, FrameError, FrameHeader, Limits, datapath, header_from_bytes
 from layeredge_dist.wire import checksum as wire_checksum
 from layeredge_dist.wire.header import verify_checksum
 
@@ -126,7 +126,9 @@ class DataPathListener:
     seconds)`` does the accounting."""
 
     def __init__(self, host: str, limits: Limits, pool: BufferPool, counters: Counters, deliver: Deliver,
-                 notify: Notify, record: Record, keepalive_s: float) -> None:
+                 notify: Notify, record: Record, keepalive_s: float,
+                 rejected: Callable[[EdgeId | None, FrameError | None], None] | None = None) -> None:
+        self._rejected = rejected or (lambda edge, err: None)
         self._limits = limits
         self._pool = pool
         self._counters = counters
@@ -194,6 +196,7 @@ class DataPathListener:
             entry = self._tickets.pop(ticket, None)
         if entry is None or entry[0] < time.monotonic():
             self._counters.add("unauthenticated")
+            self._rejected(None, None)
             try:
                 conn.sendall(datapath.error_record("UNAUTHENTICATED", "data path: missing, unknown or expired ticket"))
             except OSError:
@@ -206,6 +209,7 @@ class DataPathListener:
         with self._lock:
             self._conns.add(conn)
         buf = None
+        header: FrameHeader | None = None
         try:
             if not self._check_ticket(conn):
                 return
@@ -215,6 +219,7 @@ class DataPathListener:
             frames = 0
             reader = _Reader(conn)
             while not self._stopped.is_set():
+                header = None
                 try:
                     prefix = reader.read(4)
                 except _Closed:
@@ -242,6 +247,7 @@ class DataPathListener:
                 self._record(frame, 4 + n + header.payload_length, time.perf_counter() - t0)
         except FrameError as e:
             self._counters.add("invalid_frames")
+            self._rejected(header.edge if header is not None else None, e)
             try:
                 conn.sendall(datapath.error_record("INVALID_ARGUMENT", str(e)))
             except OSError:

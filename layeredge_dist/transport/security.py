@@ -95,9 +95,10 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
     """Rejects calls without ``authorization: Bearer <token>`` (constant-time compare) with UNAUTHENTICATED,
     counting each in ``counters['unauthenticated']``. Health checks are exempt."""
 
-    def __init__(self, token: str, counters: Counters) -> None:
+    def __init__(self, token: str, counters: Counters, on_reject: Callable[[], None] | None = None) -> None:
         self._expected = f"Bearer {token}".encode()
         self._counters = counters
+        self._on_reject = on_reject
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
                           handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -111,6 +112,8 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         if hmac.compare_digest(got.encode(), self._expected):
             return continuation(handler_call_details)
         self._counters.add("unauthenticated")
+        if self._on_reject is not None:
+            self._on_reject()
         handler = continuation(handler_call_details)
         if handler is None:
             return None

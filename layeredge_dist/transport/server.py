@@ -31,7 +31,7 @@ from layeredge_dist.wire import checksum as wire_checksum
 from layeredge_dist.wire import envelope, service
 from layeredge_dist.wire.header import verify_checksum
 
-from .accounting import AccountingHook, Counters, TransferRecord, emit, raw_bytes
+from .accounting import AccountingHook, Counters, RejectHook, TransferRecord, emit, raw_bytes, reject_reason
 from .allocator import tune_malloc
 from .bufferpool import BufferPool
 from .channel import EdgeReceiver
@@ -110,11 +110,12 @@ class StageServer:
     """
 
     def __init__(self, address: str = "127.0.0.1:0", config: TransportConfig = TransportConfig(),
-                 hooks: tuple[AccountingHook, ...] = ()) -> None:
+                 hooks: tuple[AccountingHook, ...] = (), on_reject: RejectHook | None = None) -> None:
         check_server_policy(address, config)
         self._address = address
         self._config = config
         self._hooks = hooks
+        self._on_reject = on_reject
         self.counters = Counters()
         self._pool = BufferPool(config.buffer_pool_bytes)
         self._inboxes: dict[tuple[EdgeId, TensorRole], Inbox] = {}
@@ -139,7 +140,8 @@ class StageServer:
             service.SINK_METHOD: grpc.stream_unary_rpc_method_handler(self._sink),
             service.OPEN_DATA_PATH_METHOD: grpc.unary_unary_rpc_method_handler(self._open_data_path),
         })
-        interceptors = [TokenAuthInterceptor(cfg.token, self.counters)] if cfg.token is not None else []
+        interceptors = ([TokenAuthInterceptor(cfg.token, self.counters, lambda: self._rejected(None, None))]
+                        if cfg.token is not None else [])
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.max_concurrent_calls + 2, thread_name_prefix="layeredge-rpc"),
             handlers=[handlers], interceptors=interceptors, options=server_options(cfg),
@@ -161,7 +163,7 @@ class StageServer:
         if cfg.tcp_data_path:
             self._data_path = DataPathListener(
                 host_of(self._address) or "127.0.0.1", cfg.limits, self._pool, self.counters,
-                self._deliver, self._notify, self._account, cfg.keepalive_time_ms / 1000)
+                self._deliver, self._notify, self._account, cfg.keepalive_time_ms / 1000, self._rejected)
         server.start()
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._health.set(service.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -302,6 +304,7 @@ class StageServer:
                                                    f"{cur.filled} before the stream ended (truncated frame)")
         except FrameError as e:
             self.counters.add("invalid_frames")
+            self._rejected(cur.header.edge if cur is not None else None, e)
             if cur is not None:
                 self._pool.give(cur.buf)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -310,6 +313,15 @@ class StageServer:
             self.counters.add("stream_errors")
             if cur is not None:
                 self._pool.give(cur.buf)
+
+    def _rejected(self, edge: EdgeId | None, err: FrameError | None) -> None:
+        """Tell ``on_reject`` (edge or None, reason) about a refused frame; a failing hook is counted, not raised."""
+        if self._on_reject is None:
+            return
+        try:
+            self._on_reject(edge, reject_reason(err))
+        except Exception:  # noqa: BLE001 - observability must not break serving
+            self.counters.add("hook_errors")
 
     def _parse_request(self, parse: Callable[[bytes], _Req], request: bytes,
                        context: grpc.ServicerContext) -> _Req:

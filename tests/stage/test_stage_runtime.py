@@ -202,3 +202,45 @@ def test_embedding_tied_across_stages_stays_tied_and_matches_single_process() ->
         assert float((native.get_parameter("transformer.wte.weight").detach() - wte).abs().max()) <= 1e-5
     finally:
         pipe.close()
+
+
+@pytest.mark.parametrize("tcp", [False, True])
+def test_rejected_frames_are_counted_by_edge_and_reason(tcp: bool) -> None:
+    """A corrupted frame and a wrong token are refused, counted in layeredge_edge_rejected_frames_total, and the
+    stage keeps serving."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from layeredge_dist.codecs import parse_codec
+    from layeredge_dist.stage import Endpoint, edge
+    from layeredge_dist.transport import FrameRejected, PeerUnavailable, TransportConfig, Unauthenticated, open_sender
+    from layeredge_dist.metrics import Metrics
+    from layeredge_dist.types import TensorRole
+    from layeredge_dist.wire import Frame, frame_from_encoded
+
+    config = TransportConfig(token="right", tcp_data_path=tcp)
+    metrics = Metrics()
+    rx = Endpoint(1, config, metrics=metrics)
+    try:
+        x = torch.randn(64)
+        frame = frame_from_encoded(parse_codec("fp32").encode(x), edge(0, 1), TensorRole.ACTIVATION, 1, 0)
+        corrupt = frame.payload.clone()
+        corrupt[0] ^= 0xFF
+        with open_sender(rx.address, edge(0, 1), TensorRole.ACTIVATION, config) as tx:
+            with pytest.raises((FrameRejected, PeerUnavailable)):
+                tx.send(Frame(frame.header, corrupt), timeout_s=5)
+                tx.flush(timeout_s=5)
+        wrong = TransportConfig(token="wrong", tcp_data_path=tcp)
+        with open_sender(rx.address, edge(0, 1), TensorRole.ACTIVATION, wrong) as tx:
+            with pytest.raises((Unauthenticated, PeerUnavailable)):
+                tx.send(frame, timeout_s=5)
+                tx.flush(timeout_s=5)
+        with open_sender(rx.address, edge(0, 1), TensorRole.ACTIVATION, config) as tx:  # still serving
+            tx.send(frame, timeout_s=5)
+            tx.flush(timeout_s=5)
+        assert torch.equal(rx.receive(0, TensorRole.ACTIVATION, 1, 0, 5.0, "test frame"), x)
+        counts = {tuple(sorted(s.labels.items())): s.value for fam in text_string_to_metric_families(
+            metrics.exposition().decode()) for s in fam.samples if s.name == "layeredge_edge_rejected_frames_total"}
+        assert counts[(("edge", "s0->s1"), ("reason", "checksum"))] == 1
+        assert counts[(("edge", "unknown"), ("reason", "auth"))] >= 1
+    finally:
+        rx.close()
