@@ -63,6 +63,10 @@ class Observer(Events):
     def evaluated(self, step: int, val_loss: float) -> None:
         self.metrics.val_loss(self.run, val_loss)
 
+    def down(self, error: StageFailure) -> None:
+        if error.stage is not None:
+            self.metrics.stage_up(f"s{error.stage}", False)
+
     def failed(self, step: int, error: StageFailure, resume_step: int) -> None:
         if error.stage is not None:
             self.metrics.restart(f"s{error.stage}")

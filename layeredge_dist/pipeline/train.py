@@ -67,6 +67,9 @@ class Events:
     def failed(self, step: int, error: StageFailure, resume_step: int) -> None:
         """A stage failed during step ``step``; training resumes after ``resume_step`` steps."""
 
+    def down(self, error: StageFailure) -> None:
+        """A stage failure was detected; recovery starts now."""
+
     def probed(self, step: int, links: dict[tuple[int, int], ProbeResult]) -> None:
         """Links were re-measured after ``step`` steps."""
 
@@ -92,6 +95,10 @@ class EventChain(Events):
     def failed(self, step: int, error: StageFailure, resume_step: int) -> None:
         for e in self.events:
             e.failed(step, error, resume_step)
+
+    def down(self, error: StageFailure) -> None:
+        for e in self.events:
+            e.down(error)
 
     def probed(self, step: int, links: dict[tuple[int, int], ProbeResult]) -> None:
         for e in self.events:
@@ -156,6 +163,7 @@ def train(pipe: Pipeline, workload: Workload, loop: LoopConfig, events: Events =
             result.failures.append(str(err))
             if ckpt is None or len(result.failures) > loop.max_failures:
                 raise
+            events.down(err)
             pipe.recover()
             manifest = read_manifest(ckpt)
             assert manifest is not None, "the loop writes a checkpoint before its first step"
