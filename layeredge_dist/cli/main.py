@@ -15,6 +15,8 @@ Runner = Callable[[argparse.Namespace], int]
 BENCHES: dict[str, str] = {
     "codecs": "encode/decode speed, bits per element and error of every codec",
     "transport": "our edge channel vs. raw TCP: throughput, p50/p99 latency, receiver memory",
+    "importance": "channel importance at the cuts: val loss with half the channels removed by importance vs "
+    "at random",
     "pipeline": "stage runtime on a local Ray cluster: val-loss gap per codec, step time vs single process, "
     "per-hop overhead, memory per stage",
 }

@@ -44,6 +44,7 @@ from layeredge_dist.measure import (
 )
 from layeredge_dist.model import (
     Partition,
+    Workload,
     build_partition,
     family_for,
     partition_specs,
@@ -171,6 +172,30 @@ def _weights_summary(parts: Sequence[Partition], num_stages: int) -> tuple[list[
 # ---- calibration (in-process) ----------------------------------------------------------------------------------
 
 
+def trained_partitions(cfg: RunConfig, train_steps: int) -> tuple[list[Partition], Workload, list[float]]:
+    """Every stage's partition of ``cfg``'s model, in this process, trained ``train_steps`` steps exactly as the
+    pipeline would (the workload's batch of each step, the run's micro-batching and optimizer). Returns the
+    partitions (train mode, gradients cleared), the workload and the loss of each step."""
+    from . import setup
+
+    base = setup.stage_spec(cfg)
+    workload = setup.workload(cfg)
+    parts = [build_partition(p) for p in partition_specs(base.model, tuple(base.cuts))]
+    params = [p for part in parts for p in part.parameters() if p.requires_grad]
+    losses: list[float] = []
+    if train_steps > 0 and params:
+        opt = base.optimizer.build(params)
+        for part in parts:
+            part.train()
+        for step in range(train_steps):
+            xs, sides = split_batch(workload.batch(step), base.microbatches)
+            opt.zero_grad(set_to_none=True)
+            losses.append(train_chain(parts, xs, sides).loss)
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+    return parts, workload, losses
+
+
 def calibrate(cfg: RunConfig, codecs: Sequence[str], batches: int, train_steps: int) -> dict[str, Any]:
     """Per-edge traffic, sensitivity and importance of the configured model, measured in this process (no Ray).
 
@@ -223,24 +248,9 @@ def calibrate(cfg: RunConfig, codecs: Sequence[str], batches: int, train_steps: 
         raise ValueError("the model has a single stage: there is no edge to profile (pipeline.stages >= 2)")
     num_stages, m = base.num_stages, base.microbatches
     family = family_for(model.family, model.config)
-    workload = setup.workload(cfg)
-    parts = [build_partition(p) for p in partition_specs(model, cuts)]
-    params = [p for part in parts for p in part.parameters() if p.requires_grad]
-
-    # 2. train, as the pipeline does (same micro-batching, same optimizer)
-    losses: list[float] = []
     t_train = time.perf_counter()
-    if train_steps > 0 and params:
-        opt = base.optimizer.build(params)
-        for part in parts:
-            part.train()
-        for step in range(train_steps):
-            xs, sides = split_batch(workload.batch(step), m)
-            opt.zero_grad(set_to_none=True)
-            losses.append(train_chain(parts, xs, sides).loss)
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        del opt
+    parts, workload, losses = trained_partitions(cfg, train_steps)  # 2. train as the pipeline does
+    params = [p for part in parts for p in part.parameters() if p.requires_grad]
     train_s = time.perf_counter() - t_train
 
     # 3. calibration batches: traffic, statistics, channel and weight importance (one forward + backward each)

@@ -1,0 +1,653 @@
+"""Measure the planner's :class:`~layeredge_dist.plan.ModelProfile` of a configured model, in this process.
+
+:func:`measure_profile` (no Ray) cuts the model at EVERY block boundary (one partition per block: the pre part
+(embeddings) folded into block 0, the post part (head) and the loss into the last block, as
+:mod:`layeredge_dist.plan.profile` defines), trains the chain a few steps with the run's optimizer and
+micro-batching (as :func:`layeredge_dist.pipeline.profile.calibrate` does), and then measures:
+
+- per block: forward and backward seconds per micro-batch (``data.batch_size / pipeline.microbatches``
+  samples), each the median over ``reps`` timed repetitions after one warm-up, exactly as a stage runs a
+  block (:func:`~layeredge_dist.model.stage_forward` / :func:`~layeredge_dist.model.stage_backward`, the last
+  block including the loss), with ONE torch thread, like a stage actor with ``num_cpus=1``; and its parameter
+  bytes;
+- per boundary: the activation elements per micro-batch crossing it (the gradient crossing back has the same
+  shape);
+- per boundary, direction and codec, on ``calib_batches`` held-out batches: the measured sensitivity
+  (:func:`~layeredge_dist.measure.edge_sensitivity`): forward = mean over batches of ``|L(compressed) -
+  L(exact)|`` in nats when only that boundary's activation is compressed; backward = the relative error of the
+  upstream parameter gradients when only that boundary's gradient is compressed; and the online proxy
+  (:func:`~layeredge_dist.measure.chain_proxies`): forward = mean ``|sum g * (a_hat - a)|`` (first-order loss
+  change, nats), backward = ``sqrt(rel_mse)`` of the gradient tensor itself (a relative error, like the
+  measurement).
+
+:func:`measure` returns the profile with extras the simulator benchmark needs (optimizer seconds per block),
+:func:`measure_speeds` the encode / decode speeds of codecs on tensors of a given size here (1 thread), and
+:func:`scale_profile` builds hypothetical larger models from a measured profile for what-if planning.
+
+Units: seconds, bytes, elements, bytes per second.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from layeredge_dist.config import RunConfig
+from layeredge_dist.measure import chain_proxies, edge_sensitivity
+from layeredge_dist.model import (Partition, build_partition, family_for, partition_specs, split_batch,
+                                  stage_backward, stage_forward, train_chain)
+from layeredge_dist.plan import BlockCost, ModelProfile
+from layeredge_dist.plan.codec_costs import canonical_spec, is_lossless
+
+#: Codecs measured when none are given (the plan command's default candidates).
+DEFAULT_CODECS: tuple[str, ...] = ("fp16", "bf16", "int8", "int4", "int2")
+#: Timed repetitions per block (after one warm-up); the median is kept.
+DEFAULT_REPS = 5
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (None: unchanged), restoring the previous count."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What :func:`measure` found: the profile plus figures the profile format has no room for.
+
+    Attributes:
+        profile: the planner's cost model (see the module docstring).
+        opt_s: optimizer step seconds per block (one step of the run's optimizer over that block's parameters,
+            median over repetitions, 1 thread); a stage's optimizer time is the sum over its blocks.
+        train_losses: the losses of the in-process training steps before measuring.
+        exact_loss: the mean exact loss over the calibration batches.
+        seconds: wall seconds per phase (``build``, ``train``, ``timing``, ``sensitivity``, ``proxy``, ``total``).
+    """
+
+    profile: ModelProfile
+    opt_s: tuple[float, ...]
+    train_losses: tuple[float, ...]
+    exact_loss: float | None
+    seconds: dict[str, float]
+
+
+def block_partitions(cfg: RunConfig) -> tuple[Any, tuple[int, ...], list[Partition]]:
+    """``(ModelSpec, cuts, partitions)`` of the configured model cut at every block boundary (one partition per
+    block). ValueError for a model with a single block (nothing to cut)."""
+    from . import setup
+
+    model = setup.model_spec(cfg)
+    n = family_for(model.family, model.config).num_blocks
+    if n < 2:
+        raise ValueError(f"{model.family} has {n} block(s): a profile needs at least 2 blocks to have a boundary")
+    cuts = tuple(range(1, n))
+    return model, cuts, [build_partition(p) for p in partition_specs(model, cuts)]
+
+
+def train_parts(parts: Sequence[Partition], cfg: RunConfig, steps: int) -> list[float]:
+    """Train ``parts`` ``steps`` optimizer steps as the pipeline would: the workload's batch of step ``k`` split into
+    ``pipeline.microbatches`` micro-batches through :func:`~layeredge_dist.model.train_chain`, then one step of
+    the run's optimizer. Returns the losses. ValueError for ``steps < 0``."""
+    from . import setup
+
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    params = [p for part in parts for p in part.parameters() if p.requires_grad]
+    if steps == 0 or not params:
+        return []
+    base = setup.stage_spec(cfg)
+    workload = setup.workload(cfg)
+    opt = base.optimizer.build(params)
+    losses = []
+    modes = [part.training for part in parts]
+    try:
+        for part in parts:
+            part.train()
+        for step in range(steps):
+            xs, sides = split_batch(workload.batch(step), base.microbatches)
+            opt.zero_grad(set_to_none=True)
+            losses.append(train_chain(parts, xs, sides).loss)
+            opt.step()
+    finally:
+        opt.zero_grad(set_to_none=True)
+        for part, mode in zip(parts, modes):
+            part.train(mode)
+    return losses
+
+
+def time_blocks(parts: Sequence[Partition], x: torch.Tensor, side: dict[str, torch.Tensor], loss_scale: float,
+                reps: int = DEFAULT_REPS) -> tuple[list[float], list[float], list[int]]:
+    """Per partition (block): median forward and backward seconds of one micro-batch ``(x, side)`` over ``reps``
+    repetitions after one warm-up, run as a stage runs it (train mode); and the elements of the tensor each
+    partition but the last sends. Parameter gradients are dropped afterwards."""
+    if reps < 1:
+        raise ValueError(f"reps must be >= 1, got {reps}")
+    n = len(parts)
+    fwd: list[list[float]] = [[] for _ in range(n)]
+    bwd: list[list[float]] = [[] for _ in range(n)]
+    elements = [0] * (n - 1)
+    params = [p for part in parts for p in part.parameters()]
+    modes = [part.training for part in parts]
+    try:
+        for part in parts:
+            part.train()
+        for rep in range(reps + 1):
+            h = x
+            saved = []
+            for s, part in enumerate(parts):
+                t0 = time.perf_counter()
+                h, state = stage_forward(part, h, side, train=True, loss_scale=loss_scale)
+                dt = time.perf_counter() - t0
+                saved.append(state)
+                if rep:
+                    fwd[s].append(dt)
+                if s < n - 1:
+                    elements[s] = h.numel()
+            g: torch.Tensor | None = None
+            for s in reversed(range(n)):
+                t0 = time.perf_counter()
+                g = stage_backward(saved[s], g)
+                dt = time.perf_counter() - t0
+                if rep:
+                    bwd[s].append(dt)
+            del saved
+    finally:
+        for p in params:
+            p.grad = None
+        for part, mode in zip(parts, modes):
+            part.train(mode)
+    return [statistics.median(t) for t in fwd], [statistics.median(t) for t in bwd], elements
+
+
+def time_optimizer(parts: Sequence[Partition], cfg: RunConfig, reps: int = DEFAULT_REPS) -> list[float]:
+    """Per partition: median seconds of one step of the run's optimizer over its parameters (random gradients,
+    after one warm-up step; the weights are restored afterwards)."""
+    from . import setup
+
+    spec = setup.stage_spec(cfg)
+    out = []
+    for part in parts:
+        params = [p for p in part.parameters() if p.requires_grad]
+        if not params:
+            out.append(0.0)
+            continue
+        backup = [p.detach().clone() for p in params]
+        opt = spec.optimizer.build(params)
+        times = []
+        try:
+            for rep in range(reps + 1):
+                for p in params:
+                    p.grad = torch.randn_like(p) * 1e-3
+                t0 = time.perf_counter()
+                opt.step()
+                if rep:
+                    times.append(time.perf_counter() - t0)
+        finally:
+            with torch.no_grad():
+                for p, b in zip(params, backup):
+                    p.copy_(b)
+                    p.grad = None
+        out.append(statistics.median(times))
+    return out
+
+
+def _param_bytes(part: Partition) -> int:
+    seen: set[int] = set()
+    total = 0
+    for p in part.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel() * p.element_size()
+    return total
+
+
+def measure(cfg: RunConfig, calib_batches: int = 2, calib_steps: int = 20,
+            codecs: Sequence[str] = DEFAULT_CODECS, *, reps: int = DEFAULT_REPS, threads: int | None = 1,
+            sensitivity: bool = True, proxies: bool = True, optimizer: bool = False) -> Measurement:
+    """Measure the profile of ``cfg``'s model (see the module docstring) and, with ``optimizer``, the optimizer
+    seconds per block.
+
+    Args:
+        cfg: the run (model, micro-batches, batch shape, optimizer).
+        calib_batches: held-out calibration batches for sensitivity and proxy (>= 1).
+        calib_steps: in-process training steps before measuring (>= 0; 0 keeps the seeded / loaded weights).
+        codecs: codec specs to score at every boundary (lossless ones score 0 and are skipped).
+        reps: timed repetitions per block.
+        threads: torch threads for everything here (1 = like a stage actor, and much faster than 2 threads on a
+            loaded 2-core machine; None = unchanged).
+        sensitivity, proxies: whether to fill the two score tables.
+        optimizer: also time the run's optimizer per block (``Measurement.opt_s``; zeros otherwise).
+
+    Raises ValueError for bad counts, duplicate codecs or a one-block model; CodecError for an unknown codec.
+    """
+    if calib_batches < 1:
+        raise ValueError(f"need at least one calibration batch, got {calib_batches}")
+    specs = [canonical_spec(c) for c in codecs]
+    if len(set(specs)) != len(specs):
+        raise ValueError(f"duplicate codec specs in {list(codecs)}")
+    lossy = [s for s in specs if not is_lossless(s)]
+    with torch_threads(threads):
+        return _measure(cfg, calib_batches, calib_steps, lossy, reps, sensitivity, proxies, optimizer)
+
+
+def _measure(cfg: RunConfig, calib_batches: int, calib_steps: int, lossy: list[str], reps: int, sensitivity: bool,
+             proxies: bool, optimizer: bool) -> Measurement:
+    from . import setup
+
+    t_start = time.perf_counter()
+    seconds: dict[str, float] = {}
+    model, cuts, parts = block_partitions(cfg)
+    seconds["build"] = time.perf_counter() - t_start
+    t0 = time.perf_counter()
+    losses = train_parts(parts, cfg, calib_steps)
+    seconds["train"] = time.perf_counter() - t0
+
+    m = cfg.pipeline.microbatches
+    workload = setup.workload(cfg)
+    xs, sides = split_batch(workload.batch(calib_steps), m)
+    x_mb, side_mb = xs[0], sides[0]
+    t0 = time.perf_counter()
+    fwd, bwd, elements = time_blocks(parts, x_mb, side_mb, 1.0 / m, reps)
+    opt_s = time_optimizer(parts, cfg, reps) if optimizer else [0.0] * len(parts)
+    seconds["timing"] = time.perf_counter() - t0
+
+    sens: dict[int, dict[str, dict[str, float]]] = {}
+    prox: dict[int, dict[str, dict[str, float]]] = {}
+    exact_loss = None
+    cal = workload.val_batches(calib_batches) if lossy and (sensitivity or proxies) else []
+    t0 = time.perf_counter()
+    if sensitivity and lossy:
+        table = edge_sensitivity(model, cuts, cal, lossy, mode="train", parts=parts)
+        exact_loss = table.exact_loss
+        for k in range(len(cuts)):
+            for spec in lossy:
+                e = table.get(k, spec)
+                if e.loss_delta_abs_mean is not None and math.isfinite(e.loss_delta_abs_mean):
+                    sens.setdefault(k, {}).setdefault("forward", {})[spec] = float(e.loss_delta_abs_mean)
+                if e.grad_rel_error_mean is not None and math.isfinite(e.grad_rel_error_mean):
+                    sens.setdefault(k, {}).setdefault("backward", {})[spec] = float(e.grad_rel_error_mean)
+    seconds["sensitivity"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if proxies and lossy:
+        values = chain_proxies(parts, cal, lossy)
+        for k, per in values.items():
+            for spec, pv in per.items():
+                if math.isfinite(pv.taylor_abs_mean):
+                    prox.setdefault(k, {}).setdefault("forward", {})[spec] = float(pv.taylor_abs_mean)
+                if math.isfinite(pv.rel_mse):
+                    prox.setdefault(k, {}).setdefault("backward", {})[spec] = math.sqrt(max(pv.rel_mse, 0.0))
+    seconds["proxy"] = time.perf_counter() - t0
+
+    tokens = int(x_mb.numel()) if not x_mb.is_floating_point() and x_mb.dim() >= 1 else None
+    blocks = tuple(BlockCost(f, b, _param_bytes(part)) for f, b, part in zip(fwd, bwd, parts))
+    profile = ModelProfile(blocks, tuple(elements), None, sens, prox, micro_batches=m,
+                           tokens_per_micro_batch=tokens or None, name=_name(cfg))
+    seconds["total"] = time.perf_counter() - t_start
+    return Measurement(profile, tuple(opt_s), tuple(losses), exact_loss, seconds)
+
+
+def _name(cfg: RunConfig) -> str:
+    conf = dict(cfg.model.config)
+    keys = [k for k in ("n_layer", "d_model", "num_hidden_layers", "hidden_size", "n_embd") if k in conf]
+    detail = ", ".join(f"{k}={conf[k]}" for k in keys)
+    return f"{cfg.model.family}" + (f" ({detail})" if detail else "")
+
+
+def measure_profile(cfg: RunConfig, calib_batches: int = 2, calib_steps: int = 20,
+                    codecs: Sequence[str] = DEFAULT_CODECS) -> ModelProfile:
+    """The :class:`~layeredge_dist.plan.ModelProfile` of ``cfg``'s model measured here (see :func:`measure`)."""
+    return measure(cfg, calib_batches, calib_steps, codecs).profile
+
+
+def measure_speeds(specs: Sequence[str], numel: int, reps: int = 5, threads: int | None = 1,
+                   seed: int = 0) -> dict[str, tuple[float, float]]:
+    """``spec -> (encode_Bps, decode_Bps)`` of fp32 input, measured here on a ``numel``-element Gaussian tensor
+    (median of ``reps`` after one warm-up, ``threads`` torch threads), for :func:`layeredge_dist.plan.predict`'s
+    ``speeds``. fp32 / raw are timed as the copy they are."""
+    from layeredge_dist.codecs import parse_any
+
+    if numel < 1:
+        raise ValueError(f"numel must be >= 1, got {numel}")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(numel, generator=g)  # (numel,)
+    out: dict[str, tuple[float, float]] = {}
+    with torch_threads(threads):
+        for spec in dict.fromkeys(canonical_spec(s) for s in specs):
+            codec = parse_any(spec)
+            if not hasattr(codec, "decode") or not hasattr(codec, "payload_nbytes"):
+                continue
+            enc_t, dec_t = [], []
+            for rep in range(reps + 1):
+                t0 = time.perf_counter()
+                enc = codec.encode(x) if not is_lossless(spec) else None
+                t1 = time.perf_counter()
+                if enc is not None:
+                    codec.decode(enc)
+                else:
+                    x.clone()
+                t2 = time.perf_counter()
+                if rep:
+                    enc_t.append(t1 - t0 if enc is not None else (t2 - t1))
+                    dec_t.append(t2 - t1)
+            nbytes = numel * 4
+            out[spec] = (nbytes / max(statistics.median(enc_t), 1e-9), nbytes / max(statistics.median(dec_t), 1e-9))
+    return out
+
+
+# ---- hypothetical models ----------------------------------------------------------------------------------------
+
+
+def _median_table(profile: ModelProfile, source: str) -> dict[str, dict[str, float]]:
+    """Per direction and codec: the median over the profile's boundaries of the scores in ``source``."""
+    acc: dict[str, dict[str, list[float]]] = {}
+    for dirs in getattr(profile, source).values():
+        for d, codecs in dirs.items():
+            for spec, v in codecs.items():
+                acc.setdefault(d, {}).setdefault(spec, []).append(v)
+    return {d: {s: statistics.median(v) for s, v in c.items()} for d, c in acc.items()}
+
+
+def scale_profile(profile: ModelProfile, n_blocks: int, mode: str = "repeat") -> ModelProfile:
+    """A profile of ``n_blocks`` blocks built from a measured one, for what-if planning of clusters larger than the
+    measured model allows.
+
+    ``mode="repeat"``: the measured blocks tiled: block 0 and the last block (which carry the pre and post parts)
+    stay at the ends; the interior is filled by cycling through the measured interior blocks (all measured blocks
+    when there are fewer than 3), and boundary ``j`` takes the elements and scores of measured boundary
+    ``j mod (n - 1)``. ``mode="uniform"``: identical copies of the median interior block, the pre / post extra
+    cost (first / last block minus that median, at least 0) added to the ends, every boundary the median
+    elements and the median score per direction and codec. ValueError for ``n_blocks < 2`` or an unknown mode.
+    """
+    if n_blocks < 2:
+        raise ValueError(f"n_blocks must be >= 2, got {n_blocks}")
+    if mode not in ("repeat", "uniform"):
+        raise ValueError(f"mode must be 'repeat' or 'uniform', got {mode!r}")
+    blocks = list(profile.blocks)
+    n = len(blocks)
+    inner = blocks[1:-1] if n >= 3 else blocks
+    nb_old = profile.n_boundaries
+    if mode == "uniform":
+        med = BlockCost(statistics.median(b.fwd_s for b in inner), statistics.median(b.bwd_s for b in inner),
+                        int(statistics.median(b.params_bytes for b in inner)))
+        first, last = blocks[0], blocks[-1]
+
+        def plus(extra: BlockCost) -> BlockCost:
+            return BlockCost(med.fwd_s + max(extra.fwd_s - med.fwd_s, 0.0),
+                             med.bwd_s + max(extra.bwd_s - med.bwd_s, 0.0),
+                             med.params_bytes + max(extra.params_bytes - med.params_bytes, 0))
+
+        new_blocks = [med] * n_blocks
+        new_blocks[0] = plus(first)
+        new_blocks[-1] = plus(last) if n_blocks > 1 else new_blocks[-1]
+        elems = (int(statistics.median(profile.elements)),) * (n_blocks - 1)
+        grads = (None if profile.grad_elements is None
+                 else (int(statistics.median(profile.grad_elements)),) * (n_blocks - 1))
+        tables = {}
+        for source in ("sensitivity", "proxy"):
+            med_t = _median_table(profile, source)
+            tables[source] = {j: med_t for j in range(n_blocks - 1)} if med_t else {}
+    else:
+        new_blocks = [blocks[0]]
+        for i in range(1, n_blocks - 1):
+            new_blocks.append(inner[(i - 1) % len(inner)])
+        new_blocks.append(blocks[-1])
+        elems = tuple(profile.elements[j % nb_old] for j in range(n_blocks - 1))
+        grads = (None if profile.grad_elements is None
+                 else tuple(profile.grad_elements[j % nb_old] for j in range(n_blocks - 1)))
+        tables = {}
+        for source in ("sensitivity", "proxy"):
+            table = getattr(profile, source)
+            tables[source] = {j: table[j % nb_old] for j in range(n_blocks - 1) if (j % nb_old) in table}
+    name = f"{profile.name} x{n_blocks} blocks ({mode})"
+    return replace(profile, blocks=tuple(new_blocks), elements=elems, grad_elements=grads,
+                   sensitivity=_plain(tables["sensitivity"]), proxy=_plain(tables["proxy"]), name=name)
+
+
+def _plain(table: Any) -> dict[int, dict[str, dict[str, float]]]:
+    return {int(b): {d: dict(c) for d, c in dirs.items()} for b, dirs in table.items()}
+
+
+
+
+def what_if_blocks(profile: ModelProfile, nodes: int) -> int:
+    """Blocks of the ``repeat`` what-if profile for ``nodes`` stages: the measured model tiled until every stage
+    can hold at least one block (the measured block count times ``ceil(nodes / n_blocks)``)."""
+    n = profile.n_blocks
+    return n * max(1, math.ceil(nodes / n))
+
+
+# ---- planning with baselines ------------------------------------------------------------------------------------
+
+#: best_cuts costs O(blocks^2 x stages) per pass; plan_jointly runs it about ten times. Above this product the
+#: planner keeps even cuts (what-if profiles with very many blocks).
+JOINT_CUTS_LIMIT = 2_000_000
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A uniform plan the chosen plan is compared with (every edge and direction one codec, cuts best for it)."""
+
+    name: str
+    codec: str
+    cuts: tuple[int, ...]
+    step_time_s: float
+    bytes_per_step: int
+    total_sensitivity: float | None
+
+    def to_dict(self, plan: Any) -> dict[str, Any]:
+        """JSON-compatible, with the chosen plan's speed-up and byte reduction against this baseline."""
+        return {"codec": self.codec, "cuts": list(self.cuts), "step_time_s": self.step_time_s,
+                "bytes_per_step": self.bytes_per_step, "total_sensitivity": self.total_sensitivity,
+                "plan_speedup": self.step_time_s / plan.step_time_s if plan.step_time_s > 0 else None,
+                "plan_bytes_ratio": (self.bytes_per_step / plan.prediction.bytes_per_step
+                                     if plan.prediction.bytes_per_step > 0 else None)}
+
+
+def _uniform_sens(profile: ModelProfile, cuts: Sequence[int], spec: str, score: str) -> float | None:
+    total = 0.0
+    for c in cuts:
+        for d in ("forward", "backward"):
+            v = profile.score(c - 1, d, spec, score)
+            if v is None:
+                return None
+            total += max(v, 0.0)
+    return total
+
+
+def uniform_options(profile: ModelProfile, nodes: int, cluster: Any, specs: Sequence[str], *, schedule: str,
+                    score: str = "sensitivity", speeds: Any = None, even: bool = False) -> list[Baseline]:
+    """Every codec of ``specs`` (and fp32) used on every edge and direction, each with its best cuts (even cuts with
+    ``even``): predicted step, bytes per step and total score (None when unmeasured at some cut)."""
+    from layeredge_dist.plan import best_cuts, even_cuts, predict
+
+    out = []
+    for spec in dict.fromkeys(["fp32", *(canonical_spec(s) for s in specs)]):
+        cuts = (even_cuts(profile.n_blocks, nodes) if even
+                else best_cuts(profile, nodes, cluster, spec, speeds=speeds))
+        pred = predict(profile, cuts, spec, cluster, schedule, speeds=speeds, method="fast" if nodes > 8 else "auto")
+        out.append(Baseline(f"uniform:{spec}", spec, tuple(cuts), pred.step_time_s, pred.bytes_per_step,
+                            _uniform_sens(profile, cuts, spec, score)))
+    return out
+
+
+def choose_plan(profile: ModelProfile, nodes: int, cluster: Any, candidates: Sequence[str], *,
+                objective: str = "time", budget: float | None = None, time_budget: float | None = None,
+                schedule: str = "1f1b", score: str = "sensitivity", speeds: Any = None,
+                what_if: bool = False) -> tuple[Any, dict[str, Baseline]]:
+    """The plan for ``nodes`` stages on ``cluster`` and its baselines ``{"fp32", "best_uniform"}``.
+
+    ``objective="time"``: the fastest plan whose total score is within ``budget`` (None: no accuracy constraint)
+    by :func:`~layeredge_dist.plan.plan_jointly` (cuts and codecs together; even cuts + codecs when the profile is
+    too large for repeated cut searches); ``"loss"``: the least total score whose predicted step meets
+    ``time_budget`` (:func:`~layeredge_dist.plan.min_loss_under_time` at the cuts of every uniform option and even
+    cuts). The best uniform baseline is the fastest uniform codec within the budget (``time``) or the least
+    sensitive uniform codec meeting the time (``loss``); when it beats the search it becomes the plan, so the plan
+    is never worse than the baseline. Raises InfeasibleError when no plan meets ``time_budget``; ValueError for a
+    bad objective or a negative budget.
+    """
+    from layeredge_dist.plan import InfeasibleError, even_cuts, make_plan, min_loss_under_time, min_time_under_budget
+    from layeredge_dist.plan import plan_jointly
+
+    if objective not in ("time", "loss"):
+        raise ValueError(f"objective must be 'time' or 'loss', got {objective!r}")
+    if budget is not None and not budget >= 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    if objective == "loss" and time_budget is None:
+        raise ValueError("objective 'loss' needs a time budget (seconds per step)")
+    specs = list(dict.fromkeys(canonical_spec(c) for c in candidates))
+    if not 1 <= nodes <= profile.n_blocks:
+        raise ValueError(f"cannot cut {profile.n_blocks} blocks into {nodes} stages")
+    kw: dict[str, Any] = dict(schedule=schedule, speeds=speeds, score=score)
+    cheap_cuts = profile.n_blocks ** 2 * nodes <= JOINT_CUTS_LIMIT
+    uniforms = uniform_options(profile, nodes, cluster, specs, schedule=schedule, score=score, speeds=speeds,
+                               even=not cheap_cuts)
+    fp32 = uniforms[0]
+    tag = "what_if" if what_if else None
+    polish = 300_000 if what_if or nodes > 16 else None
+    extra: dict[str, Any] = {} if polish is None else {"polish_work": polish}
+
+    def mk(cuts: Sequence[int], codecs: Any, obj: str, notes: Sequence[str]) -> Any:
+        return make_plan(profile, cuts, codecs, cluster, schedule=schedule, budget=time_budget if obj ==
+                         "min_loss_under_time" else budget, objective=tag or obj, speeds=speeds, score=score,
+                         notes=notes)
+
+    if objective == "time":
+        ok = [u for u in uniforms if budget is None or (u.total_sensitivity is not None
+                                                         and u.total_sensitivity <= budget * (1 + 1e-9))]
+        best_u = min(ok, key=lambda u: (u.step_time_s, u.total_sensitivity or 0.0))
+        if cheap_cuts and nodes > 1:
+            plan = plan_jointly(profile, nodes, cluster, specs, budget, **kw)
+            if what_if:
+                plan = mk(plan.cuts, plan.codecs_dict(), "plan_jointly", plan.notes)
+        else:
+            cuts = even_cuts(profile.n_blocks, nodes)
+            a = min_time_under_budget(profile, cuts, cluster, specs, budget, **kw, **extra)
+            plan = mk(cuts, a.codecs_dict(), "min_time_under_budget", (f"even cuts ({a.method})",))
+        if best_u.step_time_s < plan.step_time_s * (1 - 1e-12):
+            plan = mk(best_u.cuts, best_u.codec, "plan_jointly",
+                      (f"chosen: best uniform codec {best_u.codec} with its best cuts (faster than the search)",))
+        return plan, {"fp32": fp32, "best_uniform": best_u}
+    assert time_budget is not None
+    fits = [u for u in uniforms if u.step_time_s <= time_budget * (1 + 1e-9) and u.total_sensitivity is not None]
+    best_u = (min(fits, key=lambda u: (u.total_sensitivity, u.step_time_s)) if fits
+              else min(uniforms, key=lambda u: u.step_time_s))
+    best = None
+    tried: set[tuple[int, ...]] = set()
+    last_err: InfeasibleError | None = None
+    for cuts in [tuple(u.cuts) for u in uniforms] + [even_cuts(profile.n_blocks, nodes)]:
+        if cuts in tried:
+            continue
+        tried.add(cuts)
+        try:
+            a = min_loss_under_time(profile, cuts, cluster, specs, time_budget, **kw, **extra)
+        except InfeasibleError as err:
+            last_err = err
+            continue
+        if best is None or (a.total_sensitivity, a.step_time_s) < (best.total_sensitivity, best.step_time_s):
+            best = a
+    if best is None:
+        fastest = min(uniforms, key=lambda u: u.step_time_s)
+        raise InfeasibleError(f"no plan meets {time_budget:.6g} s per step; the fastest uniform codec "
+                              f"({fastest.codec}) takes {fastest.step_time_s:.6g} s ({last_err})")
+    plan = mk(best.cuts, best.codecs_dict(), "min_loss_under_time", (f"assignment method: {best.method}",))
+    if fits and (best_u.total_sensitivity, best_u.step_time_s) < (plan.total_sensitivity, plan.step_time_s):
+        plan = mk(best_u.cuts, best_u.codec, "min_loss_under_time",
+                  (f"chosen: best uniform codec {best_u.codec} (less sensitive than the search)",))
+    return plan, {"fp32": fp32, "best_uniform": best_u}
+
+
+def plot_plan(plan: Any, profile: ModelProfile, cluster: Any, baselines: dict[str, Baseline], path: str,
+              speeds: Any = None) -> str:
+    """One PNG: (top) a Gantt-like timeline of the planned step from :func:`layeredge_dist.plan.simulation`
+    (per stage its forward / backward / optimizer spans, per link its transfers), (bottom) wire bytes per step on
+    every directed link for the plan and the baselines. RuntimeError naming the ``bench`` extra without
+    matplotlib; OSError when ``path`` cannot be written."""
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise RuntimeError("--plot needs matplotlib: pip install 'layeredge-dist[bench]' (or matplotlib)") from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from layeredge_dist.plan import predict, simulation
+    from layeredge_dist.schedule import Backward, Forward
+
+    sim = simulation(profile, plan.cuts, plan.codecs_dict(), cluster, plan.schedule, plan.microbatches,
+                     speeds=speeds)
+    p = plan.num_stages
+    rows = 2 * p - 1
+    fig, (ax, bx) = plt.subplots(2, 1, figsize=(12, max(5.0, 0.28 * rows + 3) + 4),
+                                 gridspec_kw={"height_ratios": [max(2.0, 0.28 * rows), 3]})
+    cmap = plt.get_cmap("tab20")
+    for s, spans in enumerate(sim.timelines):
+        y = 2 * (p - 1 - s)
+        for span in spans:
+            if span.end <= span.start:
+                continue
+            mb = getattr(span.action, "mb", 0)
+            if isinstance(span.action, Forward):
+                color, hatch = cmap((2 * mb) % 20), None
+            elif isinstance(span.action, Backward):
+                color, hatch = cmap((2 * mb + 1) % 20), "//"
+            else:
+                color, hatch = "0.3", None
+            ax.broken_barh([(span.start, span.end - span.start)], (y - 0.4, 0.8), facecolors=color, hatch=hatch,
+                           edgecolor="black", linewidth=0.3)
+            if p <= 16 and span.end - span.start > sim.step_time / 60:
+                ax.text((span.start + span.end) / 2, y, str(mb), ha="center", va="center", fontsize=6)
+    for t in sim.transfers:
+        lo = min(t.src_stage, t.dst_stage)
+        y = 2 * (p - 1 - lo) - 1
+        fwd = t.dst_stage > t.src_stage
+        ax.broken_barh([(t.start, max(t.end - t.start, sim.step_time * 1e-4))], (y + (0.02 if fwd else -0.38), 0.36),
+                       facecolors="tab:blue" if fwd else "tab:red", alpha=0.7)
+    ticks = [2 * (p - 1 - s) for s in range(p)] + [2 * (p - 1 - k) - 1 for k in range(p - 1)]
+    labels = [f"s{s}" for s in range(p)] + [f"link {k}->{k + 1}" for k in range(p - 1)]
+    if p > 16:
+        keep = [i for i in range(len(ticks)) if i < p and i % max(1, p // 16) == 0]
+        ticks, labels = [ticks[i] for i in keep], [labels[i] for i in keep]
+    ax.set_yticks(ticks, labels, fontsize=7)
+    ax.set_xlabel("seconds from the step's start")
+    ax.set_title(f"planned step ({plan.schedule}, {plan.microbatches} micro-batches): {sim.step_time:.4g} s, "
+                 f"bubble {sim.bubble_fraction:.0%}; compute: colour = micro-batch, hatched = backward; links: "
+                 f"blue = activations, red = gradients", fontsize=9)
+    # bytes per directed link
+    series = [("plan", plan.prediction.bytes_per_link_per_step)]
+    for name, b in baselines.items():
+        pred = predict(profile, b.cuts, b.codec, cluster, plan.schedule, plan.microbatches, speeds=speeds,
+                       method="fast" if p > 8 else "auto")
+        series.append((f"{name} ({b.codec})", pred.bytes_per_link_per_step))
+    links = [f"s{k}->s{k + 1}" for k in range(p - 1)] + [f"s{k + 1}->s{k}" for k in range(p - 1)]
+    width = 0.8 / len(series)
+    for j, (name, per_link) in enumerate(series):
+        bx.bar([i + (j - (len(series) - 1) / 2) * width for i in range(len(links))],
+               [per_link.get(lk, 0) / 1e6 for lk in links], width=width * 0.95, label=name)
+    if len(links) <= 32:
+        bx.set_xticks(range(len(links)), links, rotation=60 if len(links) > 8 else 0, fontsize=7)
+    else:
+        bx.set_xlabel(f"directed links: {p - 1} forward (activations) then {p - 1} backward (gradients)")
+    bx.set_ylabel("MB per step")
+    bx.legend(fontsize=8)
+    bx.set_title("wire bytes per step on each directed link", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["Baseline", "DEFAULT_CODECS", "JOINT_CUTS_LIMIT", "Measurement", "block_partitions", "choose_plan",
+           "measure", "measure_profile", "measure_speeds", "plot_plan", "scale_profile", "time_blocks",
+           "time_optimizer", "torch_threads", "train_parts", "uniform_options", "what_if_blocks"]
