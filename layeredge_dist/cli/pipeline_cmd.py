@@ -157,6 +157,17 @@ def _train(args: argparse.Namespace, defaults: Sequence[str]) -> int:
                     stack.callback(observer.close)
                     events = EventChain(events, observer)
                     log(f"  metrics: {observer.exporter.url} (driver); file SD {observer.sd_path}")
+                if cfg.control.profile is not None:
+                    from layeredge_dist.pipeline.controller import Controller, ControllerConfig
+                    from layeredge_dist.pipeline.train import EventChain
+                    from layeredge_dist.plan import ModelProfile
+
+                    c = cfg.control
+                    profile = ModelProfile.from_json(Path(c.profile).read_text())
+                    controller = Controller(pipe, profile, ControllerConfig(c.every, tuple(c.candidates), c.budget,
+                                                                            c.min_gain), log=progress.note)
+                    events = EventChain(events, controller)
+                    log(f"  online re-planning every {c.every} steps from {c.profile} (budget {c.budget})")
                 result = train(pipe, workload, loop, events)
                 stats = pipe.stats()
                 memory = pipe.memory()

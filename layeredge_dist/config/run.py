@@ -443,6 +443,42 @@ class MetricsConfig(_Section):
 
 
 @dataclass(frozen=True)
+class ControlConfig(_Section):
+    """Online re-planning of the codec per edge and direction while training (see layeredge plan)."""
+
+    _section: ClassVar[str] = "control"
+
+    profile: str | None = field(
+        default=None,
+        metadata={"help": "model profile JSON from `layeredge plan --profile-out FILE` (block times, sizes, "
+                  "sensitivities); null = no online re-planning"},
+    )
+    every: int = field(default=50, metadata={"help": "training steps between re-plans; integer >= 1"})
+    budget: float | None = field(
+        default=None,
+        metadata={"help": "accuracy budget: total measured sensitivity of the chosen codecs (nats of loss); "
+                  "null = no accuracy limit"},
+    )
+    candidates: tuple[str, ...] = field(
+        default=("fp32", "bf16", "int8", "int4"), metadata={"help": "codec specs the controller may choose"}
+    )
+    min_gain: float = field(
+        default=0.05,
+        metadata={"help": "switch only when the predicted step time drops by at least this fraction; in [0, 1)"},
+    )
+
+    def _validate(self) -> None:
+        if self.every < 1:
+            raise v.fail(self._path("every"), "an integer >= 1", self.every)
+        if not 0.0 <= self.min_gain < 1.0:
+            raise v.fail(self._path("min_gain"), "a fraction in [0, 1)", self.min_gain)
+        if self.budget is not None and self.budget < 0:
+            raise v.fail(self._path("budget"), "a number >= 0 or null", self.budget)
+        if not self.candidates:
+            raise v.fail(self._path("candidates"), "at least one codec spec", self.candidates)
+
+
+@dataclass(frozen=True)
 class RunConfig(_Section):
     """A whole training run; every section defaults to its own defaults.
 
@@ -465,6 +501,7 @@ class RunConfig(_Section):
         default_factory=TransportSettings, metadata={"help": "tensor transport between stages"}
     )
     metrics: MetricsConfig = field(default_factory=MetricsConfig, metadata={"help": "Prometheus exporter"})
+    control: ControlConfig = field(default_factory=ControlConfig, metadata={"help": "online re-planning"})
 
     def _validate(self) -> None:
         v.non_empty("name", self.name)

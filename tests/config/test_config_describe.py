@@ -8,7 +8,7 @@ import pytest
 
 from layeredge_dist.config import RunConfig, TrainConfig, describe_fields, format_help
 
-SECTIONS = ["model", "data", "pipeline", "codecs", "train", "cluster", "transport", "metrics"]
+SECTIONS = ["model", "data", "pipeline", "codecs", "train", "cluster", "transport", "metrics", "control"]
 
 
 def _leaf_paths(cls: type, prefix: str = "") -> list[str]:
@@ -27,8 +27,8 @@ def _leaf_paths(cls: type, prefix: str = "") -> list[str]:
 def test_describe_fields_covers_every_leaf_in_order() -> None:
     rows = describe_fields()
     assert [r[0] for r in rows] == _leaf_paths(RunConfig)
-    assert len(rows) == 51  # 2 top-level + 4+6+5+3+11+8+8+4 section fields
-    assert rows[0][0] == "name" and rows[-1][0] == "metrics.proxy_codecs"
+    assert len(rows) == 56  # 2 top-level + 4+6+5+3+11+8+8+4+5 section fields
+    assert rows[0][0] == "name" and rows[-1][0] == "control.min_gain"
 
 
 def test_every_field_has_help() -> None:

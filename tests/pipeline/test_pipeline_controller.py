@@ -49,3 +49,21 @@ def test_controller_switches_after_the_link_slows(ray_cluster) -> None:  # type:
         sent = {(str(s.edge), s.codec) for s in pipe.stats() if s.direction is Direction.SEND}
         assert ("s0->s1", "fp32") in sent and ("s0->s1", chosen["s0->s1"]["forward"]) in sent
         assert pipe.base.codecs.spec_for(edge(0, 1), TensorRole.ACTIVATION) == chosen["s0->s1"]["forward"]
+
+
+def test_train_cli_runs_the_controller_from_a_profile(ray_cluster, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`layeredge train --set control.profile=FILE` re-plans every N steps with real link probes."""
+    from layeredge_dist.cli.main import main
+
+    sens = {b: {d: {"bf16": 1e-4, "int8": 2e-4} for d in ("forward", "backward")} for b in (0, 1)}
+    profile = ModelProfile.uniform(3, 0.002, 0.004, 2 * 32 * 32, sensitivity=sens, micro_batches=4)
+    path = tmp_path / "profile.json"
+    path.write_text(profile.to_json())
+    code = main(["train", "--steps", "4", "--run-dir", str(tmp_path / "run"),
+                 "--set", "model.config.n_layer=3", "--set", "model.config.d_model=32", "--set", "model.config.n_head=2",
+                 "--set", "model.config.context=32", "--set", "data.context=32", "--set", "data.batch_size=8",
+                 "--set", "data.corpus_bytes=300000", "--set", "train.checkpoint_every=0",
+                 "--set", f"control.profile={path}", "--set", "control.every=2", "--set", "control.budget=0.001"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "step 2: links" in err and "step 4: links" in err  # two re-plans with measured links
