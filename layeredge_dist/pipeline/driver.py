@@ -30,6 +30,8 @@ from .actor import StageActor
 from .cluster import alive_nodes, choose_placement
 
 _POLL_S = 0.25
+#: After one stage's call fails, how long to wait for a dead stage to show before blaming the failed one (s).
+DEATH_GRACE_S = 3.0
 
 
 class StageFailure(RuntimeError):
@@ -174,8 +176,10 @@ class Pipeline:
             for ref in ready:
                 try:
                     ray.get(ref, timeout=0)
-                except BaseException as err:  # noqa: BLE001 - reported with the stage index
-                    raise self._failure(refs.index(ref), err) from err
+                except BaseException:  # noqa: BLE001 - the culprit is chosen among all failures below
+                    culprit = self._first_failed(refs)
+                    assert culprit is not None
+                    raise culprit from None
             if time.monotonic() > deadline:
                 pending = [i for i, r in enumerate(refs) if r not in ready]
                 raise StageFailure(pending[0] if pending else None,
@@ -188,8 +192,8 @@ class Pipeline:
             for i, ref in enumerate(refs):
                 try:
                     reports.append(ray.get(ref, timeout=max(1.0, deadline - time.monotonic())))
-                except BaseException as err:  # noqa: BLE001 - reported with the stage index
-                    raise self._failure(i, err) from err
+                except BaseException as err:  # noqa: BLE001 - the culprit is chosen among all failures
+                    raise (self._first_failed(refs) or self._failure(i, err)) from err
         except BaseException as err:
             self._abort_all(seq)
             if isinstance(err, StageFailure):
@@ -255,14 +259,24 @@ class Pipeline:
         cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) else err
         return StageFailure(stage, f"stage {stage} failed: {type(cause).__name__}: {cause}")
 
-    def _first_failed(self, refs: list[Any]) -> StageFailure | None:
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=1.0)
-        for ref in ready:
-            try:
-                ray.get(ref, timeout=0)
-            except BaseException as err:  # noqa: BLE001
-                return self._failure(refs.index(ref), err)
-        return None
+    def _first_failed(self, refs: list[Any], grace_s: float = DEATH_GRACE_S) -> StageFailure | None:
+        """The stage to blame among the calls ``refs``: a stage whose process died wins over stages that merely
+        failed because a neighbour vanished (their errors often arrive first), so this waits up to ``grace_s``
+        for a death to surface once any call has failed. None when no call failed."""
+        deadline = time.monotonic() + grace_s
+        first: StageFailure | None = None
+        while True:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            for ref in ready:
+                try:
+                    ray.get(ref, timeout=0)
+                except ray.exceptions.RayActorError as err:
+                    return self._failure(refs.index(ref), err)
+                except BaseException as err:  # noqa: BLE001 - a stage's own error; a death may still show
+                    first = first or self._failure(refs.index(ref), err)
+            if first is None or len(ready) == len(refs) or time.monotonic() > deadline:
+                return first
+            time.sleep(0.05)
 
     def _abort_all(self, seq: int) -> None:
         """Make every stage's blocked receive of call ``seq`` give up; ignore stages that are dead."""

@@ -129,6 +129,7 @@ class Stage:
         self.saved_bytes_peak = 0
         self.steps_done = 0  # optimizer steps taken (restored from checkpoints)
         self._proxies: dict[EdgeId, ProxyAccumulator] = {}
+        self.wired = False  # set by connect(): a restarted stage refuses calls until the driver rewires it
 
     # ---- wiring ---------------------------------------------------------------------------------------------
 
@@ -140,6 +141,7 @@ class Stage:
     def connect(self, peers: Mapping[int, str]) -> None:
         """Addresses of the other stages and of the host (index ``num_stages``)."""
         self.endpoint.connect(peers)
+        self.wired = True
 
     def schedule(self, mode: Mode) -> Schedule:
         """The (cached) schedule of a call in ``mode``."""
@@ -160,6 +162,9 @@ class Stage:
         the optimizer not stepped).
         """
         spec = self.spec
+        if not self.wired:
+            raise StageError(f"stage {spec.index} is not wired to its neighbours (a restarted stage waits for the "
+                             f"driver's reset); refusing call {seq}")
         if len(sides) != spec.microbatches:
             raise ValueError(f"stage {spec.index}: {len(sides)} side inputs for {spec.microbatches} micro-batches")
         sched = self.schedule(mode)
@@ -337,6 +342,8 @@ class Stage:
         spec = self.spec
         if spec.chunks != 1:
             raise StageError("serve() needs chunks == 1 (interleaved stages wait on two upstreams)")
+        if not self.wired:
+            raise StageError(f"stage {spec.index} is not wired to its neighbours; refusing to serve")
         upstream = spec.host if spec.index == 0 else spec.index - 1
         downstream = spec.host if spec.index == spec.num_stages - 1 else spec.index + 1
         part = self.parts[0]
@@ -398,7 +405,7 @@ class Stage:
         self.endpoint.reset()
         self.optimizer.zero_grad(set_to_none=True)
         if peers is not None:
-            self.endpoint.connect(peers)
+            self.connect(peers)
 
     # ---- state ----------------------------------------------------------------------------------------------
 

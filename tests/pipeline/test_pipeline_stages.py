@@ -94,3 +94,23 @@ def test_dead_stage_without_checkpoint_is_reported_not_hung(ray_cluster) -> None
             for step in range(1, 200):
                 pipe.call(_work().batch(step), "train")
         assert info.value.stage == 2, str(info.value)
+
+
+def test_stage_killed_between_steps_fails_the_next_call_fast_and_is_blamed(ray_cluster) -> None:  # type: ignore[no-untyped-def]
+    """A restarted stage is not wired: it refuses the next call at once (no wait for the step timeout), the
+    failure names that stage, and after recover() training goes on."""
+    import time
+
+    from layeredge_dist.pipeline.driver import Pipeline, StageFailure
+
+    with Pipeline(_spec(), _placement(max_restarts=1, step_timeout_s=60.0)) as pipe:
+        pipe.call(_work().batch(0), "train")
+        pipe.kill_stage(1)
+        time.sleep(2.0)  # Ray restarts it meanwhile
+        t0 = time.monotonic()
+        with pytest.raises(StageFailure) as info:
+            pipe.call(_work().batch(1), "train")
+        assert time.monotonic() - t0 < 20.0, "detected long before the 60 s step timeout"
+        assert info.value.stage == 1, str(info.value)
+        pipe.recover()
+        assert len(pipe.call(_work().batch(1), "train").outputs) == 4
