@@ -17,7 +17,7 @@ def server_options(config: TransportConfig) -> Options:
         ("grpc.keepalive_time_ms", config.keepalive_time_ms),
         ("grpc.keepalive_timeout_ms", config.keepalive_timeout_ms),
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", config.server_min_ping_interval_ms),
+        ("grpc.http2.min_ping_interval_without_data_ms", config.server_min_ping_interval_ms),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.http2.max_pings_without_data", 0),
     ]
