@@ -50,7 +50,8 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="plan cuts and per-edge codecs for a cluster under an accuracy or time budget",
                        description=__doc__.split("``tune`` (inference)")[0])
     add_common(p, shortcuts=False)
-    p.add_argument("--nodes", type=int, default=None, help="stages, one per node (default: pipeline.stages)")
+    p.add_argument("--nodes", dest="plan_nodes", type=int, default=None, metavar="N",
+                   help="stages, one per node (default: pipeline.stages)")
     p.add_argument("--bandwidth", default="1Gbit",
                    help="link speed, e.g. 100Mbit, 1Gbit/s, 12.5MB/s; one for every link or comma-separated per "
                         "link (default 1Gbit)")
@@ -115,6 +116,11 @@ def _bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
+def _cuts(cuts: Any) -> str:
+    cuts = list(cuts)
+    return str(cuts) if len(cuts) <= 8 else f"[{cuts[0]}, {cuts[1]}, {cuts[2]}, ..., {cuts[-1]}] ({len(cuts)})"
+
+
 def apply_command(overrides: list[str], command: str = "layeredge train") -> str:
     """The shell command line that applies ``overrides``."""
     return command + "".join(f" --set {shlex.quote(o)}" for o in overrides)
@@ -130,7 +136,7 @@ def run_plan(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as err:
         print(f"layeredge: config error: {err}", file=sys.stderr)
         return 2
-    nodes = args.nodes if args.nodes is not None else cfg.pipeline.stages
+    nodes = args.plan_nodes if args.plan_nodes is not None else cfg.pipeline.stages
     try:
         cluster = build_cluster(nodes, args.bandwidth, args.latency)
     except ValueError as err:
@@ -162,6 +168,19 @@ def run_plan(args: argparse.Namespace) -> int:
     from layeredge_dist.plan import InfeasibleError, ModelProfile
     from layeredge_dist.pipeline import planning
 
+    if not args.what_if and not args.profile:
+        from layeredge_dist.model import family_for
+        from layeredge_dist.pipeline import setup
+
+        try:
+            model = setup.model_spec(cfg)
+            n_blocks = family_for(model.family, model.config).num_blocks
+        except (ImportError, KeyError, TypeError, ValueError) as err:
+            print(f"layeredge: {type(err).__name__}: {err}", file=sys.stderr)
+            return 1
+        if nodes > n_blocks:
+            return _usage(f"--nodes {nodes} is more than the model's {n_blocks} blocks; add --what-if to plan a "
+                          "hypothetical larger model (or --blocks N)")
     log = (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
     source: dict[str, Any] = {}
     try:
@@ -201,6 +220,9 @@ def run_plan(args: argparse.Namespace) -> int:
     except InfeasibleError as err:
         print(f"layeredge plan: infeasible: {err}", file=sys.stderr)
         return 1
+    except ValueError as err:
+        print(f"layeredge plan: {err}", file=sys.stderr)
+        return 1
     plan_s = time.perf_counter() - t_plan
     overrides = plan.overrides()
     doc: dict[str, Any] = {
@@ -223,17 +245,17 @@ def run_plan(args: argparse.Namespace) -> int:
     print(plan.format())
     print()
     print("compared with (each uniform codec with its own best cuts):")
-    rows = [("", "codec", "cuts", "step s", "bytes/step", "sensitivity", "plan speed-up", "plan bytes")]
+    rows = [("", "codec", "cuts", "step s", "bytes/step", "sensitivity", "plan speed-up", "plan bytes fewer")]
     pb = plan.prediction.bytes_per_step
     rows.append(("plan", "mixed" if len({c for s in plan.codecs.values() for c in s.values()}) > 1 else
-                 next(iter(plan.codecs.values()))["forward"] if plan.codecs else "-", str(list(plan.cuts)),
+                 next(iter(plan.codecs.values()))["forward"] if plan.codecs else "-", _cuts(plan.cuts),
                  f"{plan.step_time_s:.4g}", _bytes(pb), f"{plan.total_sensitivity:.4g}", "1.00x", "1.00x"))
     for name, b in baselines.items():
         d = b.to_dict(plan)
-        rows.append((name, b.codec, str(list(b.cuts)), f"{b.step_time_s:.4g}", _bytes(b.bytes_per_step),
+        rows.append((name, b.codec, _cuts(b.cuts), f"{b.step_time_s:.4g}", _bytes(b.bytes_per_step),
                      "-" if b.total_sensitivity is None else f"{b.total_sensitivity:.4g}",
                      f"{d['plan_speedup']:.2f}x" if d["plan_speedup"] else "-",
-                     f"1/{d['plan_bytes_ratio']:.2f}" if d["plan_bytes_ratio"] else "-"))
+                     f"{d['plan_bytes_ratio']:.2f}x" if d["plan_bytes_ratio"] else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -270,7 +292,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib", type=int, default=None, help="calibration samples (default: 64 sentences for minilm, "
                    "2 batches otherwise)")
     p.add_argument("--heldout", type=int, default=None, help="held-out samples (same defaults)")
-    p.add_argument("--stages", type=int, default=None, help="stages (default: 3 for minilm, else pipeline.stages)")
+    p.add_argument("--stages", dest="tune_stages", type=int, default=None, metavar="N",
+                   help="stages (default: 3 for minilm, else pipeline.stages)")
     p.add_argument("--apply", action="store_true", help="print the --set overrides that apply the chosen codecs")
     p.set_defaults(func=run_tune)
 
@@ -305,17 +328,17 @@ def run_tune(args: argparse.Namespace) -> int:
         return usage(f"--codecs: {err}")
     if not codecs:
         return usage("--codecs lists no codec")
-    for name in ("calib", "heldout", "stages"):
+    for name in ("calib", "heldout", "tune_stages"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            return usage(f"--{name} must be >= 1, got {value}")
+            return usage(f"--{name.removeprefix('tune_')} must be >= 1, got {value}")
     log = (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
     try:
         if args.model == "minilm":
-            task = tuning.minilm_task(stages=args.stages or 3, calib=args.calib or tuning.MINILM_CALIB,
+            task = tuning.minilm_task(stages=args.tune_stages or 3, calib=args.calib or tuning.MINILM_CALIB,
                                       heldout=args.heldout or tuning.MINILM_HELDOUT)
         else:
-            task = tuning.config_task(cfg, stages=args.stages, calib_batches=args.calib or 2,
+            task = tuning.config_task(cfg, stages=args.tune_stages, calib_batches=args.calib or 2,
                                       heldout_batches=args.heldout or 2)
         log(f"tuning {task.name}: cuts {list(task.cuts)}, {task.calib_samples} calibration / "
             f"{task.heldout_samples} held-out samples, {len(codecs)} candidate codecs, mean cosine >= "

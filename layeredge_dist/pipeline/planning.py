@@ -316,8 +316,9 @@ def measure_speeds(specs: Sequence[str], numel: int, reps: int = 5, threads: int
                    seed: int = 0) -> dict[str, tuple[float, float]]:
     """``spec -> (encode_Bps, decode_Bps)`` of fp32 input, measured here on a ``numel``-element Gaussian tensor
     (median of ``reps`` after one warm-up, ``threads`` torch threads), for :func:`layeredge_dist.plan.predict`'s
-    ``speeds``. fp32 / raw are timed as the copy they are."""
-    from layeredge_dist.codecs import parse_any
+    ``speeds``. fp32 / raw are timed as the copy they are; stateful wrappers (``ef(...)``, ``delta(...)``) are
+    left out (the built-in estimate applies)."""
+    from layeredge_dist.codecs import Codec, parse_any
 
     if numel < 1:
         raise ValueError(f"numel must be >= 1, got {numel}")
@@ -327,8 +328,8 @@ def measure_speeds(specs: Sequence[str], numel: int, reps: int = 5, threads: int
     with torch_threads(threads):
         for spec in dict.fromkeys(canonical_spec(s) for s in specs):
             codec = parse_any(spec)
-            if not hasattr(codec, "decode") or not hasattr(codec, "payload_nbytes"):
-                continue
+            if not isinstance(codec, Codec):
+                continue  # stateful wrappers: the planner's built-in estimate stands
             enc_t, dec_t = [], []
             for rep in range(reps + 1):
                 t0 = time.perf_counter()
@@ -391,7 +392,7 @@ def scale_profile(profile: ModelProfile, n_blocks: int, mode: str = "repeat") ->
 
         new_blocks = [med] * n_blocks
         new_blocks[0] = plus(first)
-        new_blocks[-1] = plus(last) if n_blocks > 1 else new_blocks[-1]
+        new_blocks[-1] = plus(last)
         elems = (int(statistics.median(profile.elements)),) * (n_blocks - 1)
         grads = (None if profile.grad_elements is None
                  else (int(statistics.median(profile.grad_elements)),) * (n_blocks - 1))

@@ -52,7 +52,6 @@ from torch.nn import functional as F
 
 from layeredge_dist.config import RunConfig
 from layeredge_dist.measure import roundtrip
-from layeredge_dist.measure._codec import call_seed
 from layeredge_dist.model import ModelSpec, Partition, build_partition, even_cuts, family_for, partition_specs
 from layeredge_dist.plan import LinkSpec, codec_cost, edge_time
 from layeredge_dist.plan.codec_costs import canonical_spec, is_lossless
@@ -65,15 +64,15 @@ Batch = tuple[torch.Tensor, Mapping[str, torch.Tensor]]
 DEFAULT_MIN_COSINE = 0.99
 #: Candidate codecs searched by default (fp32 is always added as the fallback).
 DEFAULT_CANDIDATES: tuple[str, ...] = (
-    "fp16", "bf16", "fp8e4m3", "int8", "int4", "int4/rht", "int3", "int3/rht", "int2/rht",
-    "topk:0.25+int8", "topk:0.1+int8", "topk:0.25+int4/rht",
+    "fp16", "bf16", "fp8e4m3", "int8", "int4", "int4/rht", "int4/b256/rht", "int4/b512/rht", "int3/rht",
+    "int3/b64/rht", "int3/b32/rht", "int2/rht", "topk:0.25+int8", "topk:0.5+int4/rht", "topk:0.25+int4/rht",
 )
 #: Exhaustive search up to this many combinations of (Pareto-pruned) options.
 EXHAUSTIVE_LIMIT = 20000
 #: Combinations the exhaustive search verifies at most before settling for the best verified one.
-MAX_VERIFY = 24
+MAX_VERIFY = 12
 #: The exhaustive search verifies combinations whose additive prediction is within this factor of the budget.
-SLACK = 1.5
+SLACK = 1.25
 MINILM_CALIB = 64
 MINILM_HELDOUT = 64
 MINILM_BATCH = 16
@@ -243,7 +242,8 @@ def pool_output(out: torch.Tensor, side: Mapping[str, torch.Tensor], pool: str) 
     return o.reshape(o.shape[0], -1) if o.dim() > 1 else o.reshape(1, -1)
 
 
-def _run_from(parts: Sequence[Partition], start: int, h: torch.Tensor, side: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def _run_from(parts: Sequence[Partition], start: int, h: torch.Tensor,
+              side: Mapping[str, torch.Tensor]) -> torch.Tensor:
     with torch.no_grad():
         for part in parts[start:]:
             h = part(h, dict(side))
@@ -271,6 +271,11 @@ def _exact(parts: Sequence[Partition], batches: Sequence[Batch], pool: str) -> _
     return _Exact(bounds, outs)
 
 
+def _seed(seed: int, batch: int, cut: int) -> int:
+    """The generator seed of randomized codecs (``/rht``, ``/sr``) on cut ``cut`` of calibration batch ``batch``."""
+    return (seed * 1_000_003 + batch * 1009 + cut) & ((1 << 63) - 1)
+
+
 def _cosines(exact: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(exact, other, dim=-1, eps=1e-30)  # (B,)
 
@@ -289,7 +294,7 @@ def joint_cosines(task: TuneTask, codecs: Sequence[str], batches: Sequence[Batch
             for s, part in enumerate(parts):
                 h = part(h, dict(side))
                 if s < len(parts) - 1 and objs[s] is not None:
-                    h = roundtrip(objs[s], h, seed=call_seed(seed, bi, f"tune/{s}"))[0]
+                    h = roundtrip(objs[s], h, seed=_seed(seed, bi, s))[0]
             out.append(_cosines(exact.outputs[bi], pool_output(h, side, task.pool)))
     return torch.cat(out)
 
@@ -335,7 +340,7 @@ def measure_options(task: TuneTask, specs: Sequence[str], link: LinkSpec, exact:
                     cos_all.append(torch.ones(int(x.shape[0]), dtype=torch.float64))
                     bits_sum += 32.0 * a.numel()
                 else:
-                    a_hat, bits = roundtrip(spec, a, seed=call_seed(seed, bi, f"tune/{k}"))
+                    a_hat, bits = roundtrip(spec, a, seed=_seed(seed, bi, k))
                     bits_sum += bits * a.numel()
                     y = _run_from(parts, k + 1, a_hat, side)
                     cos_all.append(_cosines(exact.outputs[bi], pool_output(y, side, task.pool)))
@@ -529,6 +534,9 @@ class TuneResult:
                       f"({self.ratio:.2f}x fewer)",
                   f"output cosine, all cuts compressed: calibration {self.calib_cosine:.5f} (min "
                   f"{self.calib_min_cosine:.4f}), held-out {held}"]
+        if self.objective == "latency":
+            lines.append(f"predicted edge time per sample (encode + transfer + decode, all cuts): "
+                         f"{self.time_per_sample_s * 1e3:.4g} ms")
         for spec, ref in self.references.items():
             lines.append(f"reference uniform {spec}: {ref['ratio']:.2f}x fewer bytes, cosine calibration "
                          f"{ref['calib_cosine']:.5f}, held-out "

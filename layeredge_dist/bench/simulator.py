@@ -1,0 +1,259 @@
+"""Simulator benchmark: the planner's predicted step time against the step time measured on a real pipeline.
+
+In one run, on the demo model (byte-level GPT, 3 stages, one per node of a local 3-node Ray cluster on
+127.0.0.1, ``connect(None, 3, ...)``):
+
+1. the model's profile is measured in this process (:func:`layeredge_dist.pipeline.planning.measure`: per-block
+   forward / backward time per micro-batch with ONE torch thread, parameter bytes, activation elements, the
+   sensitivity of ``--codecs`` at every boundary after ``--calib-steps`` training steps), plus the optimizer time
+   per block and the encode / decode speed of every codec used on a tensor of the real micro-batch size;
+2. a real pipeline is started and :meth:`Pipeline.probe_links` measures every link's bandwidth and RTT; the
+   :class:`~layeredge_dist.plan.ClusterSpec` the simulator gets has those bandwidths and a one-way latency of
+   RTT / 2 per message;
+3. for each configuration -- fp32 edges with 1F1B, fp32 with GPipe, uniform int8 with 1F1B and the plan the
+   planner chooses under ``--budget`` (total sensitivity; its cuts and per-edge codecs) -- the pipeline runs
+   ``--warmup`` + ``--steps`` training steps and the median measured step time is compared with
+   :func:`layeredge_dist.plan.predict` of the same cuts, codecs, schedule and micro-batches.
+
+The links are whatever loopback gives (unshaped, typically GB/s); the testbed with shaped links (100 Mbit/s - 1
+Gbit/s in network namespaces) comes later, and there the network share of the step is what the simulator must get
+right. On loopback the step is compute-bound, so this benchmark mostly checks the compute and schedule model.
+
+CPU contention: the simulator assumes each stage has its own core. On the 2-core development machines the 3 stage
+processes (plus the driver and Ray) share 2 cores, so compute stretches whenever more stages than cores are busy.
+Every row therefore also reports a ``cores`` correction: the block (and optimizer) times scaled by
+``stages / cores`` when ``stages > cores`` (``--cores``, default: the CPUs this process may run on; a fraction
+such as ``1.3`` stands for cores shared with other work), which assumes every stage is always busy (an upper
+bound: 1F1B/GPipe bubbles leave stages idle). Both predictions and their relative errors ``(predicted - measured)
+/ measured`` are reported; neither models Ray's per-call task dispatch or the driver's own work. To separate the
+schedule-and-link model from the compute times, a third prediction replays the same schedule and link model with
+the forward / backward / optimizer seconds the stages themselves reported in the measured steps
+(``predicted_stage_compute_s``) and ``compute_slowdown`` is their ratio to the in-process profile's; the load
+average of the machine before and after is recorded too (the development machines are shared).
+
+JSON: ``{"rows": [{"bandwidth", "config", "predicted_s", "measured_s", "rel_error", "predicted_cores_s",
+"rel_error_cores", ...}], ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import replace
+from typing import Any
+
+from layeredge_dist.config import ConfigError, RunConfig, with_overrides
+
+DEMO = ("data.batch_size=8", "data.context=128", "pipeline.microbatches=4", "pipeline.stages=3",
+        "pipeline.schedule=1f1b", "train.eval_every=0")
+DEFAULT_CODECS = "fp16,bf16,int8,int4,int2"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``layeredge bench simulator``."""
+    p.add_argument("--steps", type=int, default=10, help="measured training steps per configuration (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="unmeasured steps first (default 2)")
+    p.add_argument("--budget", type=float, default=0.05,
+                   help="accuracy budget (total sensitivity) of the planned configuration (default 0.05)")
+    p.add_argument("--codecs", default=DEFAULT_CODECS, help=f"planner candidates (default {DEFAULT_CODECS})")
+    p.add_argument("--calib-steps", type=int, default=20, help="in-process training steps before measuring")
+    p.add_argument("--calib-batches", type=int, default=2, help="calibration batches for sensitivity (default 2)")
+    p.add_argument("--reps", type=int, default=7, help="timed repetitions per block in the profile (default 7)")
+    p.add_argument("--cores", type=float, default=None,
+                   help="CPU cores for the contention correction (default: CPUs this process may use)")
+    p.add_argument("--nodes", type=int, default=3, help="local Ray nodes (default 3: one per stage)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a run config field (see layeredge train --help)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _scaled(profile: Any, factor: float) -> Any:
+    from layeredge_dist.plan import BlockCost
+
+    if factor == 1.0:
+        return profile
+    return replace(profile, blocks=tuple(BlockCost(b.fwd_s * factor, b.bwd_s * factor, b.params_bytes)
+                                         for b in profile.blocks))
+
+
+def _measure_steps(cfg: RunConfig, steps: int, warmup: int, probe: bool) -> dict[str, Any]:
+    """Median step time of ``steps`` training steps (after ``warmup``) of a fresh pipeline; with ``probe``, also
+    the link probe results."""
+    from layeredge_dist.pipeline import setup
+    from layeredge_dist.pipeline.driver import Pipeline
+
+    work = setup.workload(cfg)
+    with Pipeline(setup.stage_spec(cfg), setup.placement(cfg)) as pipe:
+        for k in range(warmup):
+            pipe.call(work.batch(k), "train")
+        links = pipe.probe_links() if probe else None
+        times = []
+        stage_t: list[list[Any]] = []
+        for k in range(warmup, warmup + steps):
+            res = pipe.call(work.batch(k), "train")
+            times.append(res.seconds)
+            stage_t.append(sorted(res.reports, key=lambda r: r.stage))
+    per_stage = []
+    for s in range(len(stage_t[0]) if stage_t else 0):
+        reps = [r[s] for r in stage_t]
+        per_stage.append({f: statistics.median(float(getattr(r, f)) for r in reps)
+                          for f in ("forward_s", "backward_s", "optimizer_s", "wait_s", "total_s")})
+    return {"step_s": times, "median_s": statistics.median(times), "stages": per_stage, "links": links}
+
+
+def _stage_compute_prediction(profile: Any, cuts: tuple[int, ...], codecs: Any, cluster: Any, cfg: RunConfig,
+                              speeds: Any, stages: list[dict[str, float]], opt: list[float]) -> tuple[float, float]:
+    """The simulator's step with the stages' own measured compute (median forward / backward / optimizer seconds
+    per step from their reports, per micro-batch for the schedule) and the same link model; and the ratio of that
+    compute to the in-process profile's (forward + backward + optimizer, summed over stages)."""
+    from layeredge_dist.plan.simulator import PipelineModel, resolve_codecs
+    from layeredge_dist.schedule import simulate
+
+    m = cfg.pipeline.microbatches
+    model = PipelineModel(profile, cuts, cluster, schedule=cfg.pipeline.schedule, microbatches=m, speeds=speeds)
+    act, grad = model.comm_times(resolve_codecs(codecs, model.num_stages))
+    fwd = [s["forward_s"] / m for s in stages]
+    bwd = [s["backward_s"] / m for s in stages]
+    opt_meas = [s["optimizer_s"] for s in stages]
+    step = simulate(model.build_schedule(), fwd, bwd, act, grad, opt_meas, True).step_time
+    prof = sum(m * (f + b) for f, b in zip(model.fwd, model.bwd)) + sum(opt)
+    meas = sum(s["forward_s"] + s["backward_s"] + s["optimizer_s"] for s in stages)
+    return step, meas / prof if prof > 0 else float("nan")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark; exit code 2 for bad arguments, 1 when the cluster or a stage fails."""
+    if args.steps < 1 or args.warmup < 0 or args.nodes < 1 or args.calib_batches < 1 or args.calib_steps < 0:
+        print("error: need --steps >= 1, --warmup >= 0, --nodes >= 1, --calib-batches >= 1, --calib-steps >= 0",
+              file=sys.stderr)
+        return 2
+    codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
+    try:
+        cfg = with_overrides(RunConfig(), list(DEMO) + list(args.overrides))
+    except ConfigError as err:
+        print(f"layeredge: config error: {err}", file=sys.stderr)
+        return 2
+    if cfg.pipeline.schedule not in ("gpipe", "1f1b") or cfg.pipeline.chunks != 1:
+        print("error: the simulator benchmark runs gpipe / 1f1b without interleaving", file=sys.stderr)
+        return 2
+    from layeredge_dist.pipeline import planning, setup
+    from layeredge_dist.pipeline.cluster import ClusterError, connect
+    from layeredge_dist.plan import ClusterSpec, LinkSpec, format_bandwidth, predict
+
+    log = (lambda t: None) if args.json else (lambda t: print(t, file=sys.stderr, flush=True))
+    load0 = list(os.getloadavg())
+    cores = args.cores or _cores()
+    stages = cfg.pipeline.stages
+    factor = max(1.0, stages / cores)
+    t0 = time.perf_counter()
+    log(f"measuring the profile in-process (1 thread): {args.calib_steps} training steps, {args.calib_batches} "
+        f"calibration batches, codecs {', '.join(codecs)}")
+    meas = planning.measure(cfg, args.calib_batches, args.calib_steps, codecs, reps=args.reps, optimizer=True)
+    profile = meas.profile
+    base_cuts = setup.cuts(cfg, setup.model_spec(cfg))
+    numel = max(profile.elements)
+    out: dict[str, Any] = {"model": profile.name, "stages": stages, "microbatches": profile.micro_batches,
+                           "cores": cores, "cores_factor": factor, "budget": args.budget,
+                           "profile": profile.to_dict(), "opt_s_per_block": list(meas.opt_s),
+                           "profile_seconds": meas.seconds, "links": "loopback, unshaped", "rows": []}
+    configs: list[tuple[str, list[str]]] = [
+        ("fp32 1f1b", ["pipeline.schedule=1f1b"]),
+        ("fp32 gpipe", ["pipeline.schedule=gpipe"]),
+        ("int8 1f1b", ["pipeline.schedule=1f1b", "codecs.forward=int8", "codecs.backward=int8"]),
+    ]
+    try:
+        with connect(None, args.nodes, float(-(-stages // args.nodes)), 0.0, 120.0):
+            from layeredge_dist.pipeline.driver import StageFailure
+
+            measured: dict[str, dict[str, Any]] = {}
+            cluster = None
+            plan = None
+            i = 0
+            while i < len(configs):
+                name, overrides = configs[i]
+                c = with_overrides(cfg, overrides)
+                log(f"{name}: {args.warmup} + {args.steps} training steps on the pipeline ...")
+                try:
+                    measured[name] = _measure_steps(c, args.steps, args.warmup, probe=cluster is None)
+                except StageFailure as err:
+                    print(f"layeredge: StageFailure ({name}): {err}", file=sys.stderr)
+                    return 1
+                if cluster is None:
+                    probes = measured[name]["links"]
+                    links = tuple(LinkSpec(probes[(k, k + 1)].bandwidth_Bps, probes[(k, k + 1)].rtt_s / 2)
+                                  for k in range(stages - 1))
+                    cluster = ClusterSpec(stages, links)
+                    out["cluster"] = cluster.to_dict()
+                    out["bandwidth"] = ", ".join(f"s{k}->s{k + 1} {format_bandwidth(lk.bandwidth_Bps)} (RTT "
+                                                 f"{2 * lk.latency_s * 1e3:.2f} ms)" for k, lk in enumerate(links))
+                    plan, _ = planning.choose_plan(profile, stages, cluster, codecs, budget=args.budget,
+                                                   schedule=cfg.pipeline.schedule)
+                    configs.append((f"plan@{args.budget:g} {plan.schedule}", plan.overrides()))
+                    out["plan"] = plan.to_dict()
+                measured[name]["overrides"] = overrides
+                i += 1
+    except ClusterError as err:
+        print(f"layeredge: ClusterError: {err}", file=sys.stderr)
+        return 1
+    assert cluster is not None
+    used = {"fp32", "int8"} | ({c for sides in plan.codecs.values() for c in sides.values()} if plan else set())
+    speeds = planning.measure_speeds(sorted(used), numel)
+    out["codec_speeds_Bps"] = {k: list(v) for k, v in speeds.items()}
+    opt_blocks = list(meas.opt_s)
+    for name, m in measured.items():
+        c = with_overrides(cfg, m["overrides"])
+        cuts = tuple(c.pipeline.cuts) if c.pipeline.cuts is not None else tuple(base_cuts)
+        codec_map = {f"s{k}->s{k + 1}": {"forward": c.codecs.edges.get(f"s{k}->s{k + 1}", {}).get(
+            "forward", c.codecs.forward), "backward": c.codecs.edges.get(f"s{k}->s{k + 1}", {}).get(
+            "backward", c.codecs.backward)} for k in range(stages - 1)}
+        bounds = (0, *cuts, profile.n_blocks)
+        opt = [sum(opt_blocks[bounds[s]:bounds[s + 1]]) for s in range(stages)]
+        preds = {}
+        for tag, f in (("", 1.0), ("_cores", factor)):
+            preds[tag] = predict(_scaled(profile, f), cuts, codec_map, cluster, c.pipeline.schedule,
+                                 c.pipeline.microbatches, speeds=speeds, opt_time_s=[o * f for o in opt],
+                                 method="simulate").step_time_s
+        meas_s = m["median_s"]
+        stage_pred, slowdown = _stage_compute_prediction(profile, cuts, codec_map, cluster, c, speeds, m["stages"],
+                                                         opt)
+        out["rows"].append({
+            "bandwidth": out["bandwidth"], "config": name, "cuts": list(cuts), "codecs": codec_map,
+            "schedule": c.pipeline.schedule, "predicted_s": preds[""], "measured_s": meas_s,
+            "rel_error": (preds[""] - meas_s) / meas_s, "predicted_cores_s": preds["_cores"],
+            "rel_error_cores": (preds["_cores"] - meas_s) / meas_s,
+            "predicted_stage_compute_s": stage_pred, "rel_error_stage_compute": (stage_pred - meas_s) / meas_s,
+            "compute_slowdown": slowdown, "measured_step_s": m["step_s"],
+            "measured_stages": m["stages"],
+        })
+    out["seconds"] = time.perf_counter() - t0
+    out["load_average"] = {"start": load0, "end": list(os.getloadavg())}
+    if args.json:
+        print(json.dumps(out, default=str))
+        return 0
+    print(f"{profile.name}: {stages} stages on {args.nodes} local Ray node(s), {profile.micro_batches} micro-batches;"
+          f" links {out['bandwidth']} (loopback, unshaped; shaped links come with the testbed)")
+    print(f"profile measured in-process with 1 thread; {cores} core(s) for {stages} stage processes: cores "
+          f"correction x{factor:.2f}")
+    head = (f"{'config':22s} {'predicted s':>12s} {'measured s':>11s} {'rel err':>8s} {'pred (cores) s':>15s} "
+            f"{'rel err':>8s} {'pred (stage compute) s':>23s} {'rel err':>8s} {'compute x':>10s}")
+    print(head)
+    for r in out["rows"]:
+        print(f"{r['config']:22s} {r['predicted_s']:12.4f} {r['measured_s']:11.4f} {r['rel_error']:+8.1%} "
+              f"{r['predicted_cores_s']:15.4f} {r['rel_error_cores']:+8.1%} {r['predicted_stage_compute_s']:23.4f} "
+              f"{r['rel_error_stage_compute']:+8.1%} {r['compute_slowdown']:10.2f}")
+    print("rel err = (predicted - measured) / measured; the simulator assumes one core per stage; cores: compute "
+          "scaled by stages / cores (every stage always busy: an upper bound); stage compute: the same schedule and "
+          "link model fed the compute seconds the stages reported (compute x: their ratio to the in-process "
+          f"profile); load average {load0[0]:.2f} at the start, {out['load_average']['end'][0]:.2f} at the end")
+    return 0

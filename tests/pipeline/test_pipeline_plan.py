@@ -1,0 +1,159 @@
+"""``layeredge plan``: a measured profile of a tiny model (every block boundary, every codec), plans under an
+accuracy and a time budget with their baselines, a fast what-if on a 64-node cluster, the plot, and errors."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from layeredge_dist.cli.main import main
+from layeredge_dist.config import RunConfig, with_overrides
+from layeredge_dist.plan import ModelProfile, Plan
+
+#: 4 blocks of d_model 32, 8 x 32 bytes per step in 4 micro-batches.
+TINY_SETS = ["model.config.n_layer=4", "model.config.d_model=32", "model.config.n_head=2", "model.config.context=32",
+             "data.context=32", "data.batch_size=8", "data.corpus_bytes=400000"]
+TINY = [arg for s in TINY_SETS for arg in ("--set", s)]
+CODECS = ("fp16", "bf16", "int8", "int4", "int2")
+
+
+@pytest.fixture(scope="module")
+def profile_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's profile, measured once (5 training steps, 1 calibration batch) and saved as JSON."""
+    from layeredge_dist.pipeline.planning import measure
+
+    cfg = with_overrides(RunConfig(), TINY_SETS)
+    meas = measure(cfg, 1, 5, CODECS, reps=3, optimizer=True)
+    path = tmp_path_factory.mktemp("plan") / "tiny.json"
+    path.write_text(meas.profile.to_json())
+    assert len(meas.opt_s) == 4 and all(t > 0 for t in meas.opt_s)
+    return path
+
+
+def _doc(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, Any]:
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    return json.loads(out)
+
+
+def test_measured_profile(profile_file: Path) -> None:
+    prof = ModelProfile.from_json(profile_file.read_text())
+    assert prof.n_blocks == 4 and prof.micro_batches == 4 and prof.tokens_per_micro_batch == 2 * 32
+    assert prof.elements == (2 * 32 * 32,) * 3  # (B/m, T, C) per micro-batch at every boundary
+    assert all(b.fwd_s > 0 and b.bwd_s > 0 and b.params_bytes > 0 for b in prof.blocks)
+    # embeddings folded into block 0, head into block 3: both hold more parameters than a middle block
+    assert prof.blocks[0].params_bytes > prof.blocks[1].params_bytes == prof.blocks[2].params_bytes
+    assert prof.blocks[3].params_bytes > prof.blocks[2].params_bytes
+    for source in ("sensitivity", "proxy"):
+        table = getattr(prof, source)
+        assert set(table) == {0, 1, 2}
+        for b in range(3):
+            for d in ("forward", "backward"):
+                vals = table[b][d]
+                assert set(vals) == set(CODECS) and all(v >= 0 for v in vals.values())
+                assert vals["int2"] > vals["int8"] > vals["fp16"], (source, b, d, vals)
+
+
+def test_plan_meets_budget_and_beats_uniform(capsys: pytest.CaptureFixture[str], profile_file: Path,
+                                             tmp_path: Path) -> None:
+    budget = 0.01
+    saved = tmp_path / "again.json"
+    doc = _doc(capsys, ["plan", *TINY, "--nodes", "2", "--bandwidth", "100Mbit", "--budget", str(budget),
+                        "--calib-steps", "5", "--calib-batches", "1", "--profile-out", str(saved), "--json"])
+    plan = Plan.from_dict(doc["plan"])
+    assert plan.num_stages == 2 and len(plan.cuts) == 1 and plan.budget == budget
+    assert plan.total_sensitivity <= budget * (1 + 1e-9)
+    base = doc["baselines"]
+    assert set(base) == {"fp32", "best_uniform"}
+    assert plan.step_time_s <= base["best_uniform"]["step_time_s"] * (1 + 1e-9)
+    assert base["best_uniform"]["total_sensitivity"] <= budget * (1 + 1e-9)
+    assert plan.step_time_s < base["fp32"]["step_time_s"]
+    assert plan.prediction.bytes_per_step < base["fp32"]["bytes_per_step"] and base["fp32"]["plan_bytes_ratio"] > 1
+    # the overrides apply to the run config as they are printed
+    cfg = plan.apply(with_overrides(RunConfig(), TINY_SETS))
+    assert cfg.pipeline.stages == 2 and tuple(cfg.pipeline.cuts) == plan.cuts
+    assert {k: dict(v) for k, v in cfg.codecs.edges.items()} == plan.codecs_dict()
+    assert doc["apply"] == plan.overrides() and doc["apply_command"].startswith("layeredge train --set ")
+    assert ModelProfile.from_json(saved.read_text()).n_blocks == 4
+
+
+def test_text_time_budget_and_plot(capsys: pytest.CaptureFixture[str], profile_file: Path, tmp_path: Path) -> None:
+    png = tmp_path / "plan.png"
+    rc = main(["plan", "--profile", str(profile_file), "--nodes", "3", "--bandwidth", "100Mbit,10Mbit",
+               "--latency", "1ms", "--budget", "0.02", "--plot", str(png)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "Plan for" in out and "best_uniform" in out and "fp32" in out and "apply with:" in out
+    assert "layeredge train --set pipeline.stages=3" in out and "'codecs.edges.s1->s2.forward=" in out
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    # the dual objective: least sensitivity within a time budget (between the fastest and fp32's step)
+    fp32 = _doc(capsys, ["plan", "--profile", str(profile_file), "--nodes", "3", "--bandwidth", "10Mbit",
+                         "--budget", "0", "--json"])["baselines"]["fp32"]["step_time_s"]
+    doc = _doc(capsys, ["plan", "--profile", str(profile_file), "--nodes", "3", "--bandwidth", "10Mbit",
+                        "--time-budget", str(0.7 * fp32), "--json"])
+    assert doc["objective"] == "loss"
+    plan = Plan.from_dict(doc["plan"])
+    assert plan.objective == "min_loss_under_time" and plan.step_time_s <= 0.7 * fp32 * (1 + 1e-9)
+    assert 0 < plan.total_sensitivity
+    assert main(["plan", "--profile", str(profile_file), "--nodes", "3", "--bandwidth", "10Mbit",
+                 "--time-budget", "1e-6"]) == 1
+    assert "infeasible" in capsys.readouterr().err
+
+
+def test_what_if_64_nodes_is_fast(capsys: pytest.CaptureFixture[str], profile_file: Path) -> None:
+    t0 = time.perf_counter()
+    doc = _doc(capsys, ["plan", "--profile", str(profile_file), "--what-if", "--nodes", "64", "--bandwidth", "1Gbit",
+                        "--budget", "0.05", "--json"])
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 5.0, elapsed
+    plan = Plan.from_dict(doc["plan"])
+    assert plan.num_stages == 64 and doc["profile"]["n_blocks"] == 64 and plan.objective == "what_if"
+    assert plan.total_sensitivity <= 0.05 * (1 + 1e-9)
+    assert plan.step_time_s <= doc["baselines"]["best_uniform"]["step_time_s"] * (1 + 1e-9)
+    t0 = time.perf_counter()
+    doc = _doc(capsys, ["plan", "--profile", str(profile_file), "--what-if", "--nodes", "64", "--bandwidth", "1Gbit",
+                        "--blocks", "512", "--budget", "0.05", "--json"])
+    assert time.perf_counter() - t0 < 5.0
+    assert doc["profile"]["n_blocks"] == 512 and len(doc["plan"]["cuts"]) == 63
+
+
+def test_bad_arguments(capsys: pytest.CaptureFixture[str], profile_file: Path) -> None:
+    for bad in ("100Mb/s", "fast", "100Mbit,", "1Gbit,2Gbit,3Gbit"):
+        assert main(["plan", "--profile", str(profile_file), "--nodes", "3", "--bandwidth", bad]) == 2
+        assert "bandwidth" in capsys.readouterr().err
+    assert main(["plan", "--profile", str(profile_file), "--nodes", "3", "--latency", "soon"]) == 2
+    assert "duration" in capsys.readouterr().err
+    assert main(["plan", "--profile", str(profile_file), "--nodes", "8"]) == 2
+    assert "--what-if" in capsys.readouterr().err
+    assert main(["plan", *TINY, "--nodes", "8"]) == 2  # refused before measuring anything
+    assert "4 blocks" in capsys.readouterr().err
+    assert main(["plan", "--profile", str(profile_file), "--codecs", "int9"]) == 2
+    assert main(["plan", "--profile", str(profile_file), "--objective", "loss"]) == 2
+    assert "--time-budget" in capsys.readouterr().err
+    assert main(["plan", "--profile", str(profile_file), "--budget", "-1"]) == 2
+    assert main(["plan", "--profile", str(profile_file) + ".missing"]) == 2
+
+
+def test_scale_profile() -> None:
+    from layeredge_dist.pipeline.planning import scale_profile, what_if_blocks
+
+    prof = ModelProfile.from_numbers([3.0, 1.0, 2.0, 5.0], [6.0, 2.0, 4.0, 9.0], [10, 20, 30],
+                                     params_bytes=[7, 1, 2, 8],
+                                     sensitivity={0: {"forward": {"int8": 0.1}}, 1: {"forward": {"int8": 0.2}},
+                                                  2: {"forward": {"int8": 0.3}}})
+    assert what_if_blocks(prof, 64) == 64 and what_if_blocks(prof, 3) == 4 and what_if_blocks(prof, 6) == 8
+    rep = scale_profile(prof, 8)
+    assert [b.fwd_s for b in rep.blocks] == [3.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 5.0]
+    assert rep.elements == (10, 20, 30, 10, 20, 30, 10)
+    assert rep.score(4, "forward", "int8") == 0.2 and rep.score(6, "forward", "int8") == 0.1
+    uni = scale_profile(prof, 6, "uniform")
+    assert [b.fwd_s for b in uni.blocks] == [3.0, 1.5, 1.5, 1.5, 1.5, 5.0]
+    assert uni.elements == (20,) * 5 and uni.score(3, "forward", "int8") == 0.2
+    assert sum(b.params_bytes for b in uni.blocks) == 7 + 4 * 1 + 8
+    with pytest.raises(ValueError):
+        scale_profile(prof, 1)
