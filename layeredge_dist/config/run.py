@@ -425,6 +425,11 @@ class MetricsConfig(_Section):
         metadata={"help": "online importance proxy E[(g.(a - a_hat))^2] of every activation edge on every N-th "
                   "training step (0 = off; costs one encode + decode per codec on those steps); integer >= 0"},
     )
+    error_budget: float | None = field(
+        default=None,
+        metadata={"help": "relative error ||x - x_hat|| / ||x|| each edge's codec may cause (both directions), "
+                  "exported as layeredge_edge_error_budget_ratio for the edge-error-over-budget alert; null = none"},
+    )
     proxy_codecs: tuple[str, ...] = field(
         default=(),
         metadata={"help": "candidate codec specs the online proxy also evaluates besides each edge's own, e.g. "
@@ -437,6 +442,8 @@ class MetricsConfig(_Section):
         for name in ("probe_every", "proxy_every"):
             if getattr(self, name) < 0:
                 raise v.fail(self._path(name), "an integer >= 0", getattr(self, name))
+        if self.error_budget is not None and not self.error_budget >= 0:
+            raise v.fail(self._path("error_budget"), "a number >= 0 or null", self.error_budget)
         for spec in self.proxy_codecs:
             if not spec.strip():
                 raise v.fail(self._path("proxy_codecs"), "non-empty codec specs", self.proxy_codecs)

@@ -124,6 +124,11 @@ class Stage:
         self.metrics = Metrics() if spec.metrics else None
         self.exporter = start_exporter(self.metrics, bind, 0) if self.metrics is not None else None
         self.endpoint = Endpoint(spec.index, spec.transport, bind, self.metrics)
+        if self.metrics is not None and spec.error_budget is not None:
+            for dst, direction in ((spec.index + 1, "forward"), (spec.index - 1, "backward")):
+                if 0 <= dst < spec.num_stages:
+                    cut = edge(min(spec.index, dst), max(spec.index, dst))
+                    self.metrics.error_budget(cut, direction, spec.error_budget)
         self._schedules: dict[str, Schedule] = {}
         self._last_virtual = spec.num_stages * spec.chunks - 1
         self.saved_bytes_peak = 0

@@ -129,6 +129,8 @@ class StageSpec:
     #: E[(g·(a − â))²] of its own codec and of each of ``proxy_codecs`` (one encode + decode per codec).
     proxy_every: int = 0
     proxy_codecs: tuple[str, ...] = ()
+    #: Relative codec error allowed on this stage's outgoing edges, exported for alerting (None: not exported).
+    error_budget: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.index < self.num_stages:

@@ -94,7 +94,7 @@ def test_stages_export_edge_and_stage_metrics_over_http() -> None:
 
     model = byte_gpt_spec(SMALL, seed=3)
     pipe = ThreadedPipeline(model, even_cuts(6, 3), 3, "1f1b", microbatches=4, codecs=EdgeCodecs("int8", "bf16"),
-                            metrics=True)
+                            metrics=True, extra={"error_budget": 0.05})
     try:
         pipe.call(SyntheticWorkload(model, batch_size=8, context=16, seed=1).batch(0))
         target = pipe.stages[0].metrics_target
@@ -115,6 +115,7 @@ def test_stages_export_edge_and_stage_metrics_over_http() -> None:
         assert value("layeredge_edge_frames_total", **grad) == 4
         assert value("layeredge_stage_compute_seconds_total", stage="s0", phase="forward") > 0
         assert 0 <= value("layeredge_stage_bubble_ratio", stage="s0") <= 1
+        assert value("layeredge_edge_error_budget_ratio", edge="s0->s1", direction="forward") == 0.05
     finally:
         pipe.close()
 
