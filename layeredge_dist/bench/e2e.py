@@ -1,0 +1,583 @@
+"""End-to-end benchmark on shaped links: train the demo with each edge configuration on a 3-host testbed.
+
+Needs root (network namespaces, tc); see ``cluster/testbed.md``. For every rate of ``--rates`` (default
+``100mbit,1gbit``; ``unshaped`` allowed), on one testbed of ``--hosts`` emulated hosts (network namespaces on a
+switch, every host's link shaped to the rate in both directions with ``tc tbf``) with one Ray node per host, the
+demo model (byte-level GPT, 3 stages, 1F1B, one stage per host, edges over the raw TCP data path with
+``transport.allow_plaintext_token=true``) is trained ``--steps`` steps from the same seed on the same batches with:
+
+a. ``fp32`` on every edge;
+b. ``bf16`` on every edge;
+c. ``plan``: the planner's plan (:func:`layeredge_dist.pipeline.planning.choose_plan`, i.e.
+   :func:`~layeredge_dist.plan.plan_jointly`: cuts and a codec per edge and direction, the fastest predicted
+   step within ``--budget`` total measured sensitivity) for a profile measured in this process before the
+   testbed starts (:func:`layeredge_dist.pipeline.planning.measure`: block times with one thread, activation sizes,
+   per-boundary sensitivity of ``--codecs`` after ``--calib-steps`` training steps) and the links as measured by the
+   first run's transport probe (``Pipeline.probe_links``: bandwidth and RTT of every stage-to-stage link);
+d. ``strong``: a fixed aggressive configuration, forward ``--strong-forward`` (default ``int4/rht``) and backward
+   ``--strong-backward`` (default ``ef(int8)``: error feedback, whose state the stage runtime keeps per edge and
+   micro-batch slot).
+
+Per rate and configuration it reports the step time (p50 of the steps after the first 3), the validation loss
+every ``--eval-every`` steps on ``--eval-batches`` held-out batches (and at the end: ``final_val_loss``), the
+inter-stage bytes per training step (sum over the cuts, forward + backward, metadata included; validation traffic
+is excluded) and per edge, and the bits per element forward and backward from the stages' own counters.
+
+Time to target: the target validation loss is ``--target-loss`` if given, else the loss the fp32 run of the same
+rate reaches at its first evaluation at or after ``--target-frac`` (default 0.6) of the steps. A configuration's
+``time_to_target_s`` is its cumulative training time (the sum of its step times; evaluation excluded) up to its
+first evaluation at or below the target; null if it never gets there within ``--steps``.
+
+The driver runs inside host 0's namespace (the testbed's addresses are reachable only from inside it): this
+command brings up the testbed and the Ray nodes, then starts one driver subprocess per rate with
+``ip netns exec``, collects its results, and tears everything down at the end, on error and on Ctrl-C. Between
+rates only the shaping changes (``tc qdisc replace``); Ray stays up. Besides the transport probe, every rate's
+bandwidth is also measured with a plain TCP stream between hosts 0 and 1 (``bandwidth_measured_mbit``).
+
+JSON: ``{"rows": [{"bandwidth", "config", "step_s", "time_to_target_s", "final_val_loss", "bits_fwd", "bits_bwd",
+"bytes_per_step", "bytes_per_step_per_edge", "val_curve", ...}], "rates": {...}, "plans": {...}, ...}``.
+``--plot PATH`` writes one PNG: per rate, validation loss against cumulative training time per configuration,
+and bytes per training step per edge and direction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+#: The demo's batch shape and schedule (3 stages, 1F1B); no checkpoints, no metrics.
+DEMO = ("data.batch_size=8", "data.context=128", "pipeline.microbatches=4", "pipeline.stages=3",
+        "pipeline.schedule=1f1b", "train.checkpoint_every=0", "train.resume=false")
+CONFIGS = ("fp32", "bf16", "plan", "strong")
+DEFAULT_CANDIDATES = ("fp16", "bf16", "int8", "int4", "int2")
+WARMUP_STEPS = 3
+
+
+@dataclass(frozen=True)
+class E2ESettings:
+    """What :func:`run_e2e` measures; see the module docstring. ``overrides`` are run-config ``--set`` strings
+    applied after :data:`DEMO` (e.g. a smaller model)."""
+
+    rates: tuple[str, ...] = ("100mbit", "1gbit")
+    configs: tuple[str, ...] = CONFIGS
+    steps: int = 150
+    eval_every: int = 10
+    eval_batches: int = 4
+    target_loss: float | None = None
+    target_frac: float = 0.6
+    budget: float | None = 0.05
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES
+    strong_forward: str = "int4/rht"
+    strong_backward: str = "ef(int8)"
+    calib_steps: int = 20
+    calib_batches: int = 2
+    hosts: int = 3
+    overrides: tuple[str, ...] = ()
+    probe_bytes: int = 8 << 20
+    start_timeout_s: float = 180.0
+    run_timeout_s: float = 3600.0
+    bandwidth_seconds: float = 1.5
+
+    def __post_init__(self) -> None:
+        bad = [c for c in self.configs if c not in CONFIGS]
+        if bad or not self.configs:
+            raise ValueError(f"configs must be among {', '.join(CONFIGS)}, got {list(self.configs)}")
+        if self.steps < 1 or self.eval_every < 1 or self.eval_batches < 1 or self.hosts < 2:
+            raise ValueError("need steps >= 1, eval_every >= 1, eval_batches >= 1 and hosts >= 2")
+        if not 0.0 < self.target_frac <= 1.0:
+            raise ValueError(f"target_frac must be in (0, 1], got {self.target_frac}")
+        if not self.rates:
+            raise ValueError("need at least one rate")
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``layeredge bench e2e``."""
+    d = E2ESettings()
+    p.add_argument("--rates", default=",".join(d.rates),
+                   help=f"link rates, comma-separated (e.g. 100mbit,1gbit,unshaped; default {','.join(d.rates)})")
+    p.add_argument("--configs", default=",".join(d.configs),
+                   help=f"edge configurations to run, fp32 first (default {','.join(d.configs)})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"training steps per configuration (default {d.steps})")
+    p.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help=f"steps between validation evaluations (default {d.eval_every})")
+    p.add_argument("--eval-batches", type=int, default=d.eval_batches,
+                   help=f"validation batches per evaluation (default {d.eval_batches})")
+    p.add_argument("--target-loss", type=float, default=None, metavar="L",
+                   help="target validation loss for time-to-target (default: fp32's at --target-frac of the steps)")
+    p.add_argument("--target-frac", type=float, default=d.target_frac,
+                   help=f"fraction of the steps where fp32's val loss defines the target (default {d.target_frac})")
+    p.add_argument("--budget", type=float, default=d.budget,
+                   help=f"planner's accuracy budget, total measured sensitivity (default {d.budget}); "
+                   "negative = no budget")
+    p.add_argument("--codecs", default=",".join(d.candidates),
+                   help=f"planner candidates (default {','.join(d.candidates)})")
+    p.add_argument("--strong-forward", default=d.strong_forward, help=f"(d) forward codec (default {d.strong_forward})")
+    p.add_argument("--strong-backward", default=d.strong_backward,
+                   help=f"(d) backward codec (default {d.strong_backward})")
+    p.add_argument("--calib-steps", type=int, default=d.calib_steps,
+                   help=f"in-process training steps before profiling (default {d.calib_steps})")
+    p.add_argument("--calib-batches", type=int, default=d.calib_batches,
+                   help=f"calibration batches for the profile's sensitivity (default {d.calib_batches})")
+    p.add_argument("--hosts", type=int, default=d.hosts, help=f"emulated hosts (default {d.hosts})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a run config field (see layeredge train --help), e.g. model.config.n_layer=3")
+    p.add_argument("--plot", metavar="PATH", default=None, help="also write a PNG: loss vs time, bytes per edge")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``layeredge bench e2e``: 0 on success, 2 for bad arguments, 1 when the testbed or a run fails."""
+    from layeredge_dist.testbed import TestbedError
+
+    try:
+        settings = E2ESettings(
+            rates=tuple(r.strip() for r in args.rates.split(",") if r.strip()),
+            configs=tuple(c.strip() for c in args.configs.split(",") if c.strip()),
+            steps=args.steps, eval_every=args.eval_every, eval_batches=args.eval_batches,
+            target_loss=args.target_loss, target_frac=args.target_frac,
+            budget=None if args.budget is not None and args.budget < 0 else args.budget,
+            candidates=tuple(c.strip() for c in args.codecs.split(",") if c.strip()),
+            strong_forward=args.strong_forward, strong_backward=args.strong_backward,
+            calib_steps=args.calib_steps, calib_batches=args.calib_batches, hosts=args.hosts,
+            overrides=tuple(args.overrides))
+        _base_config(settings)
+        from layeredge_dist.testbed import parse_rate
+
+        for r in settings.rates:
+            parse_rate(r)
+    except ValueError as err:
+        print(f"layeredge bench e2e: {err}", file=sys.stderr)
+        return 2
+    log = (lambda t: None) if args.json else (lambda t: print(t, file=sys.stderr, flush=True))
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        result = run_e2e(settings, log=log, progress=not args.json)
+    except (TestbedError, E2EError) as err:
+        print(f"layeredge bench e2e: {err}", file=sys.stderr)
+        return 1
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if args.plot:
+        try:
+            result["plot"] = plot(result, args.plot)
+        except ImportError as err:
+            print(f"layeredge bench e2e: --plot needs matplotlib (pip install matplotlib): {err}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(result, default=str))
+        return 0
+    print(format_rows(result))
+    if args.plot:
+        print(f"plot: {result['plot']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- orchestration
+
+
+class E2EError(RuntimeError):
+    """A driver run on the testbed failed; the message carries its last output."""
+
+
+def _base_config(settings: E2ESettings) -> Any:
+    from layeredge_dist.config import ConfigError, RunConfig, with_overrides
+
+    try:
+        return with_overrides(RunConfig(), list(DEMO) + list(settings.overrides))
+    except ConfigError as err:
+        raise ValueError(f"config error: {err}") from err
+
+
+def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
+            progress: bool = True) -> dict[str, Any]:
+    """Measure the profile (if the plan is wanted), bring up the testbed and Ray, run every rate's driver inside
+    host 0, tear down; returns ``{"rows", "rates", "plans", "targets", "settings", "profile", "seconds"}``."""
+    from layeredge_dist.testbed import Testbed
+    from layeredge_dist.testbed.bandwidth import measure_bandwidth
+    from layeredge_dist.testbed.netns import require_tools
+    from layeredge_dist.testbed.ray_nodes import TESTBED_OVERRIDES, RayNodes
+
+    require_tools()
+    t_start = time.perf_counter()
+    cfg = _base_config(settings)
+    out: dict[str, Any] = {"settings": asdict(settings), "rows": [], "rates": {}, "plans": {}, "targets": {},
+                           "profile": None, "demo": list(DEMO), "load_average": {"start": list(os.getloadavg())}}
+    profile = None
+    if "plan" in settings.configs:
+        from layeredge_dist.pipeline import planning
+
+        log(f"profiling {cfg.model.family} in-process (1 thread): {settings.calib_steps} training steps, "
+            f"{settings.calib_batches} calibration batches, codecs {', '.join(settings.candidates)} ...")
+        t0 = time.perf_counter()
+        meas = planning.measure(cfg, settings.calib_batches, settings.calib_steps, settings.candidates)
+        profile = meas.profile.to_dict()
+        out["profile"] = {"seconds": time.perf_counter() - t0, "name": meas.profile.name,
+                          "n_blocks": meas.profile.n_blocks, "profile": profile}
+    tb = Testbed()
+    nodes: RayNodes | None = None
+    try:
+        t0 = time.perf_counter()
+        tb.up(settings.hosts, settings.rates[0])
+        log(f"testbed {tb.id}: {settings.hosts} hosts on {tb.subnet} ({', '.join(tb.namespaces)}); starting Ray ...")
+        nodes = RayNodes(tb, cpus_per_node=max(1.0, cfg.cluster.cpus_per_stage), timeout_s=settings.start_timeout_s)
+        info = nodes.start()
+        log(f"Ray at {info['address']}: {len(info['nodes'])} nodes alive after {time.perf_counter() - t0:.1f} s")
+        out["testbed"] = {"id": tb.id, "subnet": tb.subnet, "hosts": [h.ip for h in tb.hosts],
+                          "ray_address": nodes.address, "start_s": time.perf_counter() - t0}
+        for rate in settings.rates:
+            tb.set_rate(rate)
+            bw = measure_bandwidth(tb, 0, 1, seconds=settings.bandwidth_seconds)
+            log(f"[{tb.rate}] plain TCP host 0 -> host 1: {bw.mbit_per_s:.1f} Mbit/s")
+            job = {
+                "address": nodes.address, "rate": tb.rate, "settings": asdict(settings),
+                "overrides": list(DEMO) + list(settings.overrides) + list(TESTBED_OVERRIDES)
+                + [f"cluster.address={nodes.address}", f"run_dir={tb.work_dir}/run"],
+                "profile": profile, "out": os.path.join(tb.work_dir, f"e2e-{tb.rate}.json"),
+            }
+            res = _run_driver(nodes, job, settings.run_timeout_s, progress)
+            out["rates"][tb.rate] = {"bandwidth_measured_mbit": bw.mbit_per_s, "probe": res.get("probe"),
+                                     "seconds": res.get("seconds"), "load_average_end": list(os.getloadavg())}
+            if res.get("plan") is not None:
+                out["plans"][tb.rate] = res["plan"]
+            target, rows = _finish_rows(res["runs"], settings, tb.rate, bw.mbit_per_s)
+            out["targets"][tb.rate] = target
+            out["rows"] += rows
+            for r in rows:
+                log(_row_line(r))
+    finally:
+        if nodes is not None:
+            nodes.stop()
+        tb.down()
+    out["seconds"] = time.perf_counter() - t_start
+    out["load_average"]["end"] = list(os.getloadavg())  # the machines are shared: compute time varies with load
+    return out
+
+
+def _run_driver(nodes: Any, job: dict[str, Any], timeout_s: float, progress: bool) -> dict[str, Any]:
+    """Run :func:`_driver_main` inside host 0 on ``job``; its progress goes to our stderr (unless quiet)."""
+    path = job["out"] + ".job"
+    with open(path, "w") as f:
+        json.dump(job, f)
+    code = "from layeredge_dist.bench.e2e import _driver_main; _driver_main()"
+    log_path = job["out"] + ".log"
+    with open(log_path, "wb") as logf:
+        proc = nodes.spawn_driver([sys.executable, "-c", code, path], stdout=logf,
+                                  stderr=None if progress else subprocess.STDOUT, what=f"e2e-driver-{job['rate']}",
+                                  cwd=os.getcwd())
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            nodes.testbed.stop(proc)
+            raise E2EError(f"the driver for {job['rate']} did not finish in {timeout_s:g} s") from None
+        except BaseException:
+            nodes.testbed.stop(proc)
+            raise
+    if rc != 0 or not os.path.exists(job["out"]):
+        with open(log_path, errors="replace") as f:
+            tail = "\n".join(f.read().splitlines()[-25:])
+        raise E2EError(f"the driver for {job['rate']} failed (exit {rc}); last output:\n{tail}")
+    with open(job["out"]) as f:
+        return json.load(f)
+
+
+def _finish_rows(runs: list[dict[str, Any]], settings: E2ESettings, rate: str,
+                 measured_mbit: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The target of this rate and one row per configuration (time to target filled in)."""
+    target = {"loss": settings.target_loss, "source": "--target-loss"}
+    if settings.target_loss is None:
+        fp32 = next((r for r in runs if r["config"] == "fp32"), None)
+        target = {"loss": None, "source": "no fp32 run: no target"}
+        if fp32 is not None and fp32["val_curve"]:
+            want = settings.target_frac * settings.steps
+            point = next((p for p in fp32["val_curve"] if p["step"] >= want - 1e-9), fp32["val_curve"][-1])
+            target = {"loss": point["val_loss"], "source": f"fp32 at step {point['step']} "
+                      f"(first evaluation at or after {settings.target_frac:g} x {settings.steps} steps)"}
+    rows = []
+    for r in runs:
+        ttt = None
+        if target["loss"] is not None:
+            hit = next((p for p in r["val_curve"] if p["val_loss"] <= target["loss"] + 1e-12), None)
+            ttt = hit["train_s"] if hit is not None else None
+        rows.append({"bandwidth": rate, "bandwidth_measured_mbit": measured_mbit, **r, "time_to_target_s": ttt,
+                     "target_loss": target["loss"]})
+    return target, rows
+
+
+def _row_line(r: dict[str, Any]) -> str:
+    ttt = "-" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f} s"
+    return (f"[{r['bandwidth']}] {r['config']:7s} step p50 {r['step_s']:.3f} s, time to target {ttt}, final val "
+            f"{r['final_val_loss']:.4f}, {r['bytes_per_step'] / 1e6:.2f} MB/step, bits fwd {r['bits_fwd']:.2f} / bwd "
+            f"{r['bits_bwd']:.2f}")
+
+
+def format_rows(result: dict[str, Any]) -> str:
+    """The result as a text table plus the plan per rate."""
+    lines = []
+    for rate, info in result["rates"].items():
+        probe = info.get("probe") or {}
+        links = ", ".join(f"{k} {v['bandwidth_Bps'] * 8 / 1e6:.1f} Mbit/s RTT {v['rtt_s'] * 1e3:.2f} ms"
+                          for k, v in probe.items())
+        lines.append(f"{rate}: plain TCP {info['bandwidth_measured_mbit']:.1f} Mbit/s; transport probe: {links}; "
+                     f"target val loss {result['targets'][rate]['loss']} ({result['targets'][rate]['source']})")
+        if rate in result["plans"]:
+            plan = result["plans"][rate]
+            lines.append(f"  plan: cuts {plan['cuts']}, codecs {json.dumps(plan['codecs'])}, predicted step "
+                         f"{plan.get('step_time_s', float('nan')):.3f} s")
+    head = (f"{'bandwidth':10s} {'config':8s} {'step p50 s':>10s} {'to target s':>11s} {'final val':>9s} "
+            f"{'MB/step':>8s} {'bits fwd':>8s} {'bits bwd':>8s} {'vs fp32':>8s}")
+    load = result.get("load_average") or {}
+    if load.get("start") and load.get("end"):
+        lines.append(f"load average (1 min) {load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end "
+                     "(shared machine: compute, and so step time, varies with it)")
+    lines += ["", head, "-" * len(head)]
+    fp32 = {r["bandwidth"]: r["step_s"] for r in result["rows"] if r["config"] == "fp32"}
+    for r in result["rows"]:
+        ttt = "-" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f}"
+        speed = f"{fp32[r['bandwidth']] / r['step_s']:.2f}x" if r["bandwidth"] in fp32 else "-"
+        lines.append(f"{r['bandwidth']:10s} {r['config']:8s} {r['step_s']:10.3f} {ttt:>11s} "
+                     f"{r['final_val_loss']:9.4f} {r['bytes_per_step'] / 1e6:8.3f} {r['bits_fwd']:8.2f} "
+                     f"{r['bits_bwd']:8.2f} {speed:>8s}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- the driver
+
+
+def _driver_main() -> None:
+    """Entry of the driver subprocess (inside host 0): run every configuration of one rate, write the JSON."""
+    with open(sys.argv[1]) as f:
+        job = json.load(f)
+    t0 = time.perf_counter()
+    result = drive(job, log=lambda t: print(t, file=sys.stderr, flush=True))
+    result["seconds"] = time.perf_counter() - t0
+    tmp = job["out"] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, default=str)
+    os.replace(tmp, job["out"])
+
+
+def drive(job: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Connect to the testbed's Ray cluster and train every configuration of ``job`` (see :func:`run_e2e`)."""
+    from layeredge_dist.config import with_overrides, RunConfig
+    from layeredge_dist.pipeline.cluster import connect
+
+    s = job["settings"]
+    cfg = with_overrides(RunConfig(), job["overrides"])
+    rate = job["rate"]
+    out: dict[str, Any] = {"rate": rate, "runs": [], "plan": None, "probe": None}
+    with connect(address=job["address"], timeout_s=float(s["start_timeout_s"])):
+        cluster = None
+        for name in s["configs"]:
+            if name == "fp32":
+                c = with_overrides(cfg, ["codecs.forward=fp32", "codecs.backward=fp32"])
+            elif name == "bf16":
+                c = with_overrides(cfg, ["codecs.forward=bf16", "codecs.backward=bf16"])
+            elif name == "strong":
+                c = with_overrides(cfg, [f"codecs.forward={s['strong_forward']}",
+                                         f"codecs.backward={s['strong_backward']}"])
+            else:  # plan
+                if cluster is None:
+                    cluster, out["probe"] = _probe_cluster(cfg, int(s["probe_bytes"]), log)
+                plan = _choose_plan(job["profile"], cfg, cluster, s, log)
+                out["plan"] = plan.to_dict() | {"step_time_s": plan.step_time_s,
+                                                 "total_sensitivity": plan.total_sensitivity}
+                c = with_overrides(cfg, plan.overrides())
+            log(f"[{rate}] {name}: training {s['steps']} steps (fwd {c.codecs.forward}, bwd {c.codecs.backward}"
+                + (f", edges {dict((k, dict(v)) for k, v in c.codecs.edges.items())}" if c.codecs.edges else "")
+                + f", cuts {list(c.pipeline.cuts) if c.pipeline.cuts is not None else 'even'}) ...")
+            run, probe = _train_one(c, s, probe=cluster is None, probe_bytes=int(s["probe_bytes"]), log=log)
+            if probe is not None:
+                cluster, out["probe"] = _cluster_from_probe(probe, c.pipeline.stages), _probe_dict(probe)
+            out["runs"].append({"config": name, **run})
+    return out
+
+
+def _probe_dict(probe: dict[tuple[int, int], Any]) -> dict[str, dict[str, float]]:
+    return {f"s{a}->s{b}": {"bandwidth_Bps": p.bandwidth_Bps, "rtt_s": p.rtt_s} for (a, b), p in probe.items()}
+
+
+def _cluster_from_probe(probe: dict[tuple[int, int], Any], stages: int) -> Any:
+    from layeredge_dist.plan import ClusterSpec, LinkSpec
+
+    return ClusterSpec(stages, tuple(LinkSpec(probe[(k, k + 1)].bandwidth_Bps, probe[(k, k + 1)].rtt_s / 2)
+                                     for k in range(stages - 1)))
+
+
+def _probe_cluster(cfg: Any, probe_bytes: int, log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+    """Probe the links with a short-lived pipeline (only when the plan comes before any other run)."""
+    from layeredge_dist.pipeline import setup
+    from layeredge_dist.pipeline.driver import Pipeline
+
+    with Pipeline(setup.stage_spec(cfg), setup.placement(cfg)) as pipe:
+        probe = pipe.probe_links(probe_bytes)
+    return _cluster_from_probe(probe, cfg.pipeline.stages), _probe_dict(probe)
+
+
+def _choose_plan(profile_dict: dict[str, Any] | None, cfg: Any, cluster: Any, s: dict[str, Any],
+                 log: Callable[[str], None]) -> Any:
+    from layeredge_dist.pipeline.planning import choose_plan
+    from layeredge_dist.plan import ModelProfile
+
+    if profile_dict is None:
+        raise E2EError("the plan configuration needs a profile")
+    profile = ModelProfile.from_dict(profile_dict)
+    plan, base = choose_plan(profile, cfg.pipeline.stages, cluster, list(s["candidates"]), budget=s["budget"],
+                             schedule=cfg.pipeline.schedule)
+    log(f"  plan for {cluster.describe()}: cuts {list(plan.cuts)}, codecs {plan.codecs_dict()}, predicted step "
+        f"{plan.step_time_s:.3f} s (fp32 {base['fp32'].step_time_s:.3f} s), total sensitivity "
+        f"{plan.total_sensitivity:.4g} (budget {s['budget']})")
+    return plan
+
+
+def _train_one(cfg: Any, s: dict[str, Any], probe: bool, probe_bytes: int,
+               log: Callable[[str], None]) -> tuple[dict[str, Any], Any]:
+    """Train one configuration on a fresh pipeline; returns its figures (and the link probe when asked)."""
+    from layeredge_dist.pipeline import setup
+    from layeredge_dist.pipeline.driver import Pipeline
+    from layeredge_dist.pipeline.train import Events, LoopConfig, train
+
+    curve: list[dict[str, float]] = []
+    clock = {"train_s": 0.0, "t0": time.perf_counter()}
+
+    class _Ev(Events):
+        def step(self, step: int, loss: float, result: Any) -> None:
+            clock["train_s"] += result.seconds
+
+        def evaluated(self, step: int, val_loss: float) -> None:
+            curve.append({"step": step, "train_s": clock["train_s"], "wall_s": time.perf_counter() - clock["t0"],
+                          "val_loss": val_loss})
+
+    steps = int(s["steps"])
+    links = None
+    with Pipeline(setup.stage_spec(cfg), setup.placement(cfg)) as pipe:
+        if probe:
+            links = pipe.probe_links(probe_bytes)
+            log("  links: " + ", ".join(f"s{a}->s{b} {p.bandwidth_Bps * 8 / 1e6:.1f} Mbit/s (RTT "
+                                        f"{p.rtt_s * 1e3:.2f} ms)" for (a, b), p in links.items()))
+        clock["t0"] = time.perf_counter()
+        res = train(pipe, setup.workload(cfg), LoopConfig(steps, eval_every=int(s["eval_every"]),
+                                                          eval_batches=int(s["eval_batches"])), _Ev())
+        stats = pipe.stats()
+        placement = [{"stage": i["stage"], "node_ip": i["node_ip"]} for i in pipe.infos]
+    steady = res.step_seconds[WARMUP_STEPS:] or res.step_seconds
+    traffic = _traffic(stats, cfg.pipeline.stages, steps)
+    run = {
+        "step_s": statistics.median(steady), "step_s_mean": statistics.fmean(steady),
+        "final_val_loss": curve[-1]["val_loss"] if curve else math.nan, "final_train_loss": res.losses[-1],
+        "val_curve": curve, "train_s": clock["train_s"], "wall_s": res.wall_s,
+        "codecs": {"forward": cfg.codecs.forward, "backward": cfg.codecs.backward,
+                   "edges": {k: dict(v) for k, v in cfg.codecs.edges.items()}},
+        "cuts": list(cfg.pipeline.cuts) if cfg.pipeline.cuts is not None else None,
+        "placement": placement, "step_seconds": res.step_seconds, **traffic,
+    }
+    log(f"  step p50 {run['step_s']:.3f} s, final val {run['final_val_loss']:.4f}, "
+        f"{run['bytes_per_step'] / 1e6:.3f} MB/step between stages, bits fwd {run['bits_fwd']:.2f} / bwd "
+        f"{run['bits_bwd']:.2f}")
+    return run, links
+
+
+def _traffic(stats: Sequence[Any], stages: int, steps: int) -> dict[str, Any]:
+    """Inter-stage traffic per training step from the senders' counters. Validation sends activations too; the
+    gradients crossing a cut have the activation's shape and flow only in training, so training's forward bytes
+    are the forward bits per element times the backward elements."""
+    from layeredge_dist.types import Direction, TensorRole
+
+    fwd: dict[str, list[int]] = {}  # "s0->s1" -> [elements, wire bytes]
+    bwd: dict[str, list[int]] = {}
+    for st in stats:
+        if st.direction is not Direction.SEND:
+            continue
+        a, b = st.edge.src.index, st.edge.dst.index
+        if a >= stages or b >= stages:
+            continue  # the driver's host endpoint
+        if st.role is TensorRole.ACTIVATION:
+            acc = fwd.setdefault(f"s{a}->s{b}", [0, 0])
+        elif st.role is TensorRole.GRADIENT:
+            acc = bwd.setdefault(f"s{b}->s{a}", [0, 0])  # keyed by the activation edge it belongs to
+        else:
+            continue
+        acc[0] += st.elements
+        acc[1] += st.wire_bytes
+    per_edge: dict[str, dict[str, float]] = {}
+    for key in sorted(set(fwd) | set(bwd)):
+        fe, fb = fwd.get(key, [0, 0])
+        be, bb = bwd.get(key, [0, 0])
+        bits_f = 8.0 * fb / fe if fe else 0.0
+        per_edge[key] = {"forward": bits_f / 8.0 * be / steps, "backward": bb / steps,
+                         "bits_fwd": bits_f, "bits_bwd": 8.0 * bb / be if be else 0.0,
+                         "elements_per_step": be / steps}
+    fe_all = sum(v[0] for v in fwd.values())
+    fb_all = sum(v[1] for v in fwd.values())
+    be_all = sum(v[0] for v in bwd.values())
+    bb_all = sum(v[1] for v in bwd.values())
+    return {
+        "bits_fwd": 8.0 * fb_all / fe_all if fe_all else 0.0,
+        "bits_bwd": 8.0 * bb_all / be_all if be_all else 0.0,
+        "bytes_per_step": sum(e["forward"] + e["backward"] for e in per_edge.values()),
+        "bytes_per_step_per_edge": per_edge,
+    }
+
+
+# --------------------------------------------------------------------------------------------- plot
+
+
+def plot(result: dict[str, Any], path: str) -> str:
+    """One PNG: a row per rate with validation loss vs cumulative training time per configuration (left) and
+    bytes per training step per edge and direction (right). Needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = list(result["rates"])
+    fig, axes = plt.subplots(len(rates), 2, figsize=(12, 3.8 * len(rates)), squeeze=False)
+    for i, rate in enumerate(rates):
+        rows = [r for r in result["rows"] if r["bandwidth"] == rate]
+        ax = axes[i][0]
+        for r in rows:
+            xs = [p["train_s"] for p in r["val_curve"]]
+            ys = [p["val_loss"] for p in r["val_curve"]]
+            ax.plot(xs, ys, marker="o", ms=3, label=f"{r['config']} (p50 {r['step_s']:.2f} s/step)")
+        target = result["targets"].get(rate, {}).get("loss")
+        if target is not None:
+            ax.axhline(target, color="grey", ls="--", lw=0.8, label=f"target {target:.3f}")
+        ax.set_title(f"{rate}: validation loss vs training time")
+        ax.set_xlabel("cumulative training time (s, evaluation excluded)")
+        ax.set_ylabel("validation loss (nats)")
+        ax.legend(fontsize=8)
+        ax = axes[i][1]
+        edges = sorted({e for r in rows for e in r["bytes_per_step_per_edge"]})
+        width = 0.8 / max(1, len(rows))
+        for j, r in enumerate(rows):
+            xs = [k + j * width for k in range(len(edges))]
+            f = [r["bytes_per_step_per_edge"].get(e, {}).get("forward", 0.0) / 1e3 for e in edges]
+            b = [r["bytes_per_step_per_edge"].get(e, {}).get("backward", 0.0) / 1e3 for e in edges]
+            bars = ax.bar(xs, f, width, label=f"{r['config']} fwd")
+            ax.bar(xs, b, width, bottom=f, color=bars.patches[0].get_facecolor(), alpha=0.45,
+                   label=f"{r['config']} bwd")
+        ax.set_xticks([k + width * (len(rows) - 1) / 2 for k in range(len(edges))], edges)
+        ax.set_ylabel("kB per training step (solid fwd, light bwd)")
+        ax.set_title(f"{rate}: bytes per step per edge")
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

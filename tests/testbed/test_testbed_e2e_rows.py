@@ -1,0 +1,98 @@
+"""The e2e benchmark's bookkeeping, without a testbed: traffic per step from the stages' counters, the target and
+time to target, settings validation, the table and the plot. Runs anywhere (no root)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from layeredge_dist.bench.e2e import E2ESettings, _finish_rows, _traffic, add_arguments, format_rows
+from layeredge_dist.types import Direction, EdgeId, EdgeStats, TensorRole
+
+
+def _stat(src: int, dst: int, role: TensorRole, direction: Direction, elements: int, wire: int) -> EdgeStats:
+    return EdgeStats(EdgeId.parse(f"s{src}->s{dst}"), role, direction, "x", elements, elements * 4, wire, 0.0, 0.0, 0.0)
+
+
+def test_traffic_counts_training_bytes_per_step_and_bits() -> None:
+    steps, n = 10, 1000  # elements per step and cut
+    A, G = TensorRole.ACTIVATION, TensorRole.GRADIENT
+    stats = [
+        # forward: training (10 x n) plus validation (5 x n) activations, 4 bits per element
+        _stat(0, 1, A, Direction.SEND, 15 * n, 15 * n // 2),
+        _stat(1, 2, A, Direction.SEND, 15 * n, 15 * n // 2),
+        _stat(0, 1, A, Direction.RECV, 15 * n, 15 * n // 2),  # receivers do not count twice
+        # backward: training only, 8 bits per element
+        _stat(1, 0, G, Direction.SEND, steps * n, steps * n),
+        _stat(2, 1, G, Direction.SEND, steps * n, steps * n),
+        # the driver's host endpoint (pseudo-stage 3) is not an inter-stage edge
+        _stat(3, 0, A, Direction.SEND, 99 * n, 99 * n),
+        _stat(2, 3, A, Direction.SEND, 99 * n, 99 * n),
+    ]
+    t = _traffic(stats, stages=3, steps=steps)
+    assert t["bits_fwd"] == pytest.approx(4.0) and t["bits_bwd"] == pytest.approx(8.0)
+    assert set(t["bytes_per_step_per_edge"]) == {"s0->s1", "s1->s2"}
+    e = t["bytes_per_step_per_edge"]["s0->s1"]
+    assert e["forward"] == pytest.approx(n / 2) and e["backward"] == pytest.approx(n)  # validation excluded
+    assert t["bytes_per_step"] == pytest.approx(2 * (n / 2 + n))
+
+
+def _run(config: str, curve: list[tuple[int, float, float]], step_s: float = 0.3) -> dict:
+    return {"config": config, "step_s": step_s, "final_val_loss": curve[-1][2], "bits_fwd": 32.0, "bits_bwd": 32.0,
+            "bytes_per_step": 1e6, "bytes_per_step_per_edge": {}, "val_curve": [
+                {"step": s, "train_s": t, "wall_s": t, "val_loss": v} for s, t, v in curve]}
+
+
+def test_target_is_fp32_at_the_fraction_and_time_to_target() -> None:
+    s = E2ESettings(steps=100, eval_every=20, target_frac=0.6)
+    fp32 = _run("fp32", [(20, 4.0, 3.5), (40, 8.0, 3.3), (60, 12.0, 3.1), (80, 16.0, 3.0), (100, 20.0, 2.9)])
+    fast = _run("plan", [(20, 2.0, 3.6), (40, 4.0, 3.2), (60, 6.0, 3.05), (80, 8.0, 3.0), (100, 10.0, 2.95)])
+    never = _run("strong", [(20, 1.0, 3.6), (100, 5.0, 3.2)])
+    target, rows = _finish_rows([fp32, fast, never], s, "100mbit", 95.0)
+    assert target["loss"] == 3.1 and "step 60" in target["source"]
+    by = {r["config"]: r for r in rows}
+    assert by["fp32"]["time_to_target_s"] == 12.0
+    assert by["plan"]["time_to_target_s"] == 6.0  # first evaluation at or below 3.1
+    assert by["strong"]["time_to_target_s"] is None
+    assert all(r["bandwidth"] == "100mbit" and r["bandwidth_measured_mbit"] == 95.0 for r in rows)
+    # an explicit target wins; without fp32 and without one there is none
+    target, rows = _finish_rows([fast], E2ESettings(steps=100, target_loss=3.3), "1gbit", 900.0)
+    assert target["loss"] == 3.3 and rows[0]["time_to_target_s"] == 4.0
+    target, rows = _finish_rows([fast], s, "1gbit", 900.0)
+    assert target["loss"] is None and rows[0]["time_to_target_s"] is None
+    result = {"rates": {"100mbit": {"bandwidth_measured_mbit": 95.0, "probe": None}},
+              "targets": {"100mbit": {"loss": 3.1, "source": "x"}}, "plans": {},
+              "rows": _finish_rows([fp32, fast], s, "100mbit", 95.0)[1]}
+    table = format_rows(result)
+    assert "fp32" in table and "plan" in table and "1.00x" in table
+
+
+def test_settings_and_cli_options() -> None:
+    with pytest.raises(ValueError):
+        E2ESettings(configs=("fp32", "zip"))
+    with pytest.raises(ValueError):
+        E2ESettings(target_frac=0.0)
+    with pytest.raises(ValueError):
+        E2ESettings(hosts=1)
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    a = p.parse_args(["--rates", "100mbit,unshaped", "--steps", "20", "--target-loss", "3.0", "--json"])
+    assert a.rates == "100mbit,unshaped" and a.steps == 20 and a.target_loss == 3.0 and a.json
+    from layeredge_dist.cli.main import BENCHES
+
+    assert "e2e" in BENCHES
+
+
+def test_plot(tmp_path) -> None:  # noqa: ANN001
+    pytest.importorskip("matplotlib")
+    from layeredge_dist.bench.e2e import plot
+
+    s = E2ESettings(steps=100, eval_every=50)
+    runs = [_run("fp32", [(50, 5.0, 3.2), (100, 10.0, 3.0)]), _run("bf16", [(50, 4.0, 3.2), (100, 8.0, 3.0)])]
+    for r in runs:
+        r["bytes_per_step_per_edge"] = {"s0->s1": {"forward": 5e5, "backward": 5e5}}
+    target, rows = _finish_rows(runs, s, "100mbit", 95.0)
+    result = {"rates": {"100mbit": {}}, "targets": {"100mbit": target}, "rows": rows}
+    out = plot(result, str(tmp_path / "e2e.png"))
+    assert (tmp_path / "e2e.png").stat().st_size > 10_000 and out.endswith("e2e.png")
