@@ -19,6 +19,9 @@ BENCHES: dict[str, str] = {
     "at random",
     "pipeline": "stage runtime on a local Ray cluster: val-loss gap per codec, step time vs single process, "
     "per-hop overhead, memory per stage",
+    "simulator": "predicted vs measured step time on a local Ray cluster: fp32, the planner's plan, more configs",
+    "e2e": "end to end on a shaped 3-host testbed (root): step time, time to target loss, bytes and bits per "
+    "element for fp32, bf16, the planner's plan and a strong fixed codec, per link rate",
 }
 
 
@@ -46,6 +49,14 @@ def _add_cluster(sub: argparse._SubParsersAction) -> None:
     cluster_cmd.add_arguments(p)
 
 
+def _add_testbed(sub: argparse._SubParsersAction) -> None:
+    from layeredge_dist.cli import testbed_cmd
+
+    p = sub.add_parser("testbed", help="emulated multi-host network with shaped links on this machine (root)",
+                       description=testbed_cmd.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    testbed_cmd.add_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to render --help in the docs)."""
     parser = argparse.ArgumentParser(
@@ -60,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     from layeredge_dist.cli import profile_cmd
 
     profile_cmd.add_parser(sub)
+    from layeredge_dist.cli import plan_cmd
+
+    plan_cmd.add_parsers(sub)
     _add_bench(sub)
     _add_cluster(sub)
+    _add_testbed(sub)
     return parser
 
 
