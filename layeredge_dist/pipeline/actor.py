@@ -38,7 +38,10 @@ class StageActor:
         self.spec = replace(spec, device=resolve_device(spec.device))
         self.node_ip = ray.util.get_node_ip_address()
         self.stage = Stage(self.spec, bind=self.node_ip)
-        self._stop_serving = threading.Event()
+        # one stop event per serving session: a stop that arrives after its loop ended (the loop failed first, or
+        # this is a restarted instance) must not end the next session's loop
+        self._stops: dict[int, threading.Event] = {}
+        self._stops_lock = threading.Lock()
 
     def info(self) -> dict[str, Any]:
         """Where this stage runs: address, node id and IP, pid, device, torch threads, steps done."""
@@ -58,15 +61,24 @@ class StageActor:
     def abort(self, seq: int) -> None:
         self.stage.abort(seq)
 
-    def serve(self) -> int:
+    def _stop_event(self, session: int) -> threading.Event:
+        with self._stops_lock:
+            return self._stops.setdefault(session, threading.Event())
+
+    def serve(self, session: int = 0) -> int:
+        with self._stops_lock:  # forget stops of earlier sessions that came after their loops had ended
+            for old in [k for k in self._stops if k < session]:
+                del self._stops[old]
+        stop = self._stop_event(session)  # a stop that arrived before the loop started ends it at once
         try:
-            return self.stage.serve(self._stop_serving)
+            return self.stage.serve(stop)
         finally:
-            self._stop_serving.clear()  # a stop that arrived before the loop started ended it at once
+            with self._stops_lock:
+                self._stops.pop(session, None)
 
     @ray.method(concurrency_group="control")
-    def stop_serving(self) -> None:
-        self._stop_serving.set()
+    def stop_serving(self, session: int = 0) -> None:
+        self._stop_event(session).set()
 
     def reset(self, peers: Mapping[int, str]) -> None:
         self.stage.reset(peers)

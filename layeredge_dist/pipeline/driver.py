@@ -88,6 +88,7 @@ class Pipeline:
         self.host: Host | None = None
         self.seq = 0
         self._serve_refs: list[Any] = []
+        self._serve_session = 0
         try:
             try:
                 ray.get(self.pg.ready(), timeout=placement.start_timeout_s)
@@ -211,14 +212,16 @@ class Pipeline:
         inference needs no side inputs. A stage that fails ends its loop; the next call reports it."""
         if self._serve_refs:
             raise RuntimeError("already serving")
-        self._serve_refs = [a.serve.remote() for a in self.actors]
+        self._serve_session += 1
+        session = self._serve_session  # stops of this session cannot end a later one's loops
+        self._serve_refs = [a.serve.remote(session) for a in self.actors]
         try:
             yield
         finally:
             refs, self._serve_refs = self._serve_refs, []
             for a in self.actors:
                 try:
-                    a.stop_serving.remote()
+                    a.stop_serving.remote(session)
                 except Exception:  # noqa: BLE001 - a dead actor has stopped serving already
                     pass
             ray.wait(refs, num_returns=len(refs), timeout=self.placement.step_timeout_s)
@@ -230,18 +233,20 @@ class Pipeline:
         inputs, _ = split_batch(batch, self.base.microbatches)
         t0 = time.perf_counter()
         refs = self._serve_refs
+        deadline = time.monotonic() + self.placement.step_timeout_s
 
         def check() -> None:
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             if ready:
+                culprit = self._first_failed(refs)  # a dead stage wins over a neighbour whose send broke
+                if culprit is not None:
+                    raise culprit
                 i = refs.index(ready[0])
-                try:
-                    ray.get(ready[0], timeout=0)
-                    raise StageFailure(i, f"stage {i} stopped serving")
-                except StageFailure:
-                    raise
-                except BaseException as err:  # noqa: BLE001
-                    raise self._failure(i, err) from err
+                raise StageFailure(i, f"stage {i} stopped serving")
+            if time.monotonic() > deadline:
+                stuck = self._unresponsive()
+                raise StageFailure(stuck[0] if stuck else None, f"served call {seq} not finished after "
+                                   f"{self.placement.step_timeout_s:.0f} s; stuck stages: {stuck}")
 
         try:
             self.host.send_inputs(seq, inputs)
@@ -249,8 +254,17 @@ class Pipeline:
         except StageFailure:
             raise
         except BaseException as err:
-            raise StageFailure(None, f"served call {seq} failed: {err}") from err
+            stuck = self._unresponsive()
+            raise StageFailure(stuck[0] if stuck else None, f"served call {seq} failed: {err}"
+                               + (f"; stuck stages: {stuck}" if stuck else "")) from err
         return CallResult(outputs, [], time.perf_counter() - t0)
+
+    def _unresponsive(self, timeout_s: float = 2.0) -> list[int]:
+        """Stages whose process does not answer a control call within ``timeout_s`` (frozen, or restarting):
+        while serving, no per-call task tells a stuck stage from one waiting for its upstream."""
+        refs = [a.memory.remote() for a in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        return [i for i, r in enumerate(refs) if r not in ready]
 
     def _failure(self, stage: int, err: BaseException) -> StageFailure:
         if isinstance(err, ray.exceptions.RayActorError):

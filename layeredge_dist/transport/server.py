@@ -330,6 +330,7 @@ class StageServer:
             return parse(request)
         except FrameError as e:
             self.counters.add("invalid_frames")
+            self._rejected(None, e)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             raise  # unreachable: abort raises
 
@@ -377,6 +378,7 @@ class StageServer:
                     total += msg.chunk.nbytes
         except FrameError as e:
             self.counters.add("invalid_frames")
+            self._rejected(None, e)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         self.counters.add("sink_bytes", total)
         return service.sink_reply_to_bytes(service.SinkReply(total, count, t1 - t0))
