@@ -17,6 +17,8 @@ BENCHES: dict[str, str] = {
     "transport": "our edge channel vs. raw TCP: throughput, p50/p99 latency, receiver memory",
     "importance": "channel importance at the cuts: val loss with half the channels removed by importance vs "
     "at random",
+    "weights": "compressed weight transfer of the demo model: bytes, ratios and errors of fp32 / bf16 / int8 / "
+    "int4 / int4 + 50 % sparsity / int8 + 2:4, and the transfer time over loopback",
     "pipeline": "stage runtime on a local Ray cluster: val-loss gap per codec, step time vs single process, "
     "per-hop overhead, memory per stage",
     "simulator": "predicted vs measured step time on a local Ray cluster: fp32, the planner's plan, more configs",
@@ -73,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     from layeredge_dist.cli import profile_cmd
 
     profile_cmd.add_parser(sub)
+    from layeredge_dist.cli import prune_cmd
+
+    prune_cmd.add_parser(sub)
     from layeredge_dist.cli import plan_cmd
 
     plan_cmd.add_parsers(sub)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .keymap import KeyMap
+from .surgery import strip_prune
 
 Side = Mapping[str, torch.Tensor]
 #: Per-stage values computed once per micro-batch from ``side`` and shared by all blocks (e.g. a 4-D mask).
@@ -132,13 +133,17 @@ def known_families() -> tuple[str, ...]:
 
 
 def family_for(name: str, config: Mapping[str, Any]) -> Family:
-    """The family ``name`` configured by ``config``; raises KeyError listing the known names otherwise."""
+    """The family ``name`` configured by ``config``; raises KeyError listing the known names otherwise.
+
+    The ``prune`` section of a config (structural edits, see :mod:`.surgery`) is not the family's: it is
+    stripped here and applied by :func:`~layeredge_dist.model.partition.build_partition`.
+    """
     _ensure_builtin()
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown model family {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
-    return factory(config)
+    return factory(strip_prune(config))
 
 
 def _ensure_builtin() -> None:

@@ -16,6 +16,7 @@ from torch import nn
 
 from .family import Family, Side, family_for
 from .spec import ModelSpec, PartitionSpec, check_cuts
+from .surgery import apply_to_native, surgery_for
 
 
 def derived_seed(seed: int, tag: str) -> int:
@@ -108,7 +109,8 @@ def build_partition(
     blocks_range = spec.block_range(n)
     seed = spec.model.seed
     pre = seeded(seed, "pre", family.build_pre) if spec.is_first and family.has_pre else None
-    blocks = [seeded(seed, f"block{i}", lambda i=i: family.build_block(i)) for i in blocks_range]
+    surgery = surgery_for(spec.model.config, n)  # the config's prune section (usually empty)
+    blocks = [seeded(seed, f"block{i}", lambda i=i: surgery.apply(family.build_block(i), i)) for i in blocks_range]
     post = seeded(seed, "post", family.build_post) if spec.is_last and family.has_post else None
     part = Partition(spec, family, pre, [b for b in blocks if b is not None], post, blocks_range.start)
     if state is None and spec.model.weights is not None:
@@ -162,6 +164,8 @@ def build_reference(spec: PartitionSpec | None = None, model: ModelSpec | None =
         model = spec.model
     family = family_for(model.family, model.config)
     native = family.build_native()
+    apply_to_native(native, family.key_map().block_prefix, surgery_for(model.config, family.num_blocks),
+                    family.num_blocks)
     whole = build_partition(PartitionSpec(model, (), 0))
     state = merge_state_dicts(model, (), [whole.state_dict()])
     native.load_state_dict(state, strict=True)
