@@ -10,10 +10,12 @@ a. ``fp32`` on every edge;
 b. ``bf16`` on every edge;
 c. ``plan``: the planner's plan (:func:`layeredge_dist.pipeline.planning.choose_plan`, i.e.
    :func:`~layeredge_dist.plan.plan_jointly`: cuts and a codec per edge and direction, the fastest predicted
-   step within ``--budget`` total measured sensitivity) for a profile measured in this process before the
-   testbed starts (:func:`layeredge_dist.pipeline.planning.measure`: block times with one thread, activation sizes,
-   per-boundary sensitivity of ``--codecs`` after ``--calib-steps`` training steps) and the links as measured by the
-   first run's transport probe (``Pipeline.probe_links``: bandwidth and RTT of every stage-to-stage link);
+   step within ``--budget``) for a profile measured in this process before the testbed starts
+   (:func:`layeredge_dist.pipeline.planning.measure`: block times with one thread, activation sizes,
+   per-boundary sensitivity of ``--codecs`` after ``--calib-steps`` training steps, calibrated by
+   ``--trial-steps`` of training per codec and direction so that the budget is a validation-loss gap in nats:
+   :func:`~layeredge_dist.pipeline.planning.calibrate_by_trial`) and the links as measured by the first run's
+   transport probe (``Pipeline.probe_links``: bandwidth and RTT of every stage-to-stage link);
 d. ``strong``: a fixed aggressive configuration, forward ``--strong-forward`` (default ``int4/rht``) and backward
    ``--strong-backward`` (default ``ef(int8)``: error feedback, whose state the stage runtime keeps per edge and
    micro-batch slot).
@@ -21,7 +23,9 @@ d. ``strong``: a fixed aggressive configuration, forward ``--strong-forward`` (d
 Per rate and configuration it reports the step time (p50 of the steps after the first 3), the validation loss
 every ``--eval-every`` steps on ``--eval-batches`` held-out batches (and at the end: ``final_val_loss``), the
 inter-stage bytes per training step (sum over the cuts, forward + backward, metadata included; validation traffic
-is excluded) and per edge, and the bits per element forward and backward from the stages' own counters.
+is excluded) and per edge, the bits per element forward and backward from the stages' own counters, and the
+simulator's predicted step for the same cuts, codecs and probed links (``prediction``: from the in-process
+profile, scaled for the cores, and with the stages' own measured compute; relative errors to the measured p50).
 
 Time to target: the target validation loss is ``--target-loss`` if given, else the loss the fp32 run of the same
 rate reaches at its first evaluation at or after ``--target-frac`` (default 0.6) of the steps. A configuration's
@@ -59,7 +63,7 @@ from typing import Any
 DEMO = ("data.batch_size=8", "data.context=128", "pipeline.microbatches=4", "pipeline.stages=3",
         "pipeline.schedule=1f1b", "train.checkpoint_every=0", "train.resume=false")
 CONFIGS = ("fp32", "bf16", "plan", "strong")
-DEFAULT_CANDIDATES = ("fp16", "bf16", "int8", "int4", "int2")
+DEFAULT_CANDIDATES = ("bf16", "int8", "int4/rht", "int3/rht", "int2/rht", "ef(int8)", "ef(int4/rht)")
 WARMUP_STEPS = 3
 
 
@@ -75,7 +79,9 @@ class E2ESettings:
     eval_batches: int = 4
     target_loss: float | None = None
     target_frac: float = 0.6
-    budget: float | None = 0.05
+    budget: float | None = 0.03
+    trial_steps: int = 60
+    trial_batches: int = 8
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES
     strong_forward: str = "int4/rht"
     strong_backward: str = "ef(int8)"
@@ -98,6 +104,8 @@ class E2ESettings:
             raise ValueError(f"target_frac must be in (0, 1], got {self.target_frac}")
         if not self.rates:
             raise ValueError("need at least one rate")
+        if self.trial_steps < 0 or self.trial_batches < 1:
+            raise ValueError("need trial_steps >= 0 and trial_batches >= 1")
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -120,8 +128,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-frac", type=float, default=d.target_frac,
                    help=f"fraction of the steps where fp32's val loss defines the target (default {d.target_frac})")
     p.add_argument("--budget", type=float, default=d.budget,
-                   help=f"planner's accuracy budget, total measured sensitivity (default {d.budget}); "
-                   "negative = no budget")
+                   help=f"planner's accuracy budget (default {d.budget}): with --trial-steps > 0 the validation-loss "
+                   "gap in nats the plan may cost after that many training steps, else the total one-shot "
+                   "sensitivity; negative = no budget")
+    p.add_argument("--trial-steps", type=int, default=d.trial_steps,
+                   help=f"calibrate the planner's sensitivities by short in-process training runs per codec and "
+                   f"direction (default {d.trial_steps}; 0 = one-shot sensitivities only, which let codecs through "
+                   "that stall training)")
+    p.add_argument("--trial-batches", type=int, default=d.trial_batches,
+                   help=f"validation batches scoring each trial (default {d.trial_batches})")
     p.add_argument("--codecs", default=",".join(d.candidates),
                    help=f"planner candidates (default {','.join(d.candidates)})")
     p.add_argument("--strong-forward", default=d.strong_forward, help=f"(d) forward codec (default {d.strong_forward})")
@@ -152,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             candidates=tuple(c.strip() for c in args.codecs.split(",") if c.strip()),
             strong_forward=args.strong_forward, strong_backward=args.strong_backward,
             calib_steps=args.calib_steps, calib_batches=args.calib_batches, hosts=args.hosts,
+            trial_steps=args.trial_steps, trial_batches=args.trial_batches,
             overrides=tuple(args.overrides))
         _base_config(settings)
         from layeredge_dist.testbed import parse_rate
@@ -227,10 +243,17 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
         log(f"profiling {cfg.model.family} in-process (1 thread): {settings.calib_steps} training steps, "
             f"{settings.calib_batches} calibration batches, codecs {', '.join(settings.candidates)} ...")
         t0 = time.perf_counter()
-        meas = planning.measure(cfg, settings.calib_batches, settings.calib_steps, settings.candidates)
+        meas = planning.measure(cfg, settings.calib_batches, settings.calib_steps, settings.candidates,
+                                optimizer=True, trial_steps=settings.trial_steps,
+                                trial_batches=settings.trial_batches, log=log)
         profile = meas.profile.to_dict()
         out["profile"] = {"seconds": time.perf_counter() - t0, "name": meas.profile.name,
-                          "n_blocks": meas.profile.n_blocks, "profile": profile}
+                          "n_blocks": meas.profile.n_blocks, "profile": profile, "opt_s": list(meas.opt_s),
+                          "trial": meas.trial.to_dict() if meas.trial is not None else None}
+        if meas.trial is not None:
+            log("trial gaps (nats after {} steps): ".format(meas.trial.steps) + "; ".join(
+                f"{d} " + ", ".join(f"{c} {meas.trial.gap(d, c):+.4f}" for c in per)
+                for d, per in meas.trial.losses.items()))
     tb = Testbed()
     nodes: RayNodes | None = None
     try:
@@ -250,7 +273,8 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
                 "address": nodes.address, "rate": tb.rate, "settings": asdict(settings),
                 "overrides": list(DEMO) + list(settings.overrides) + list(TESTBED_OVERRIDES)
                 + [f"cluster.address={nodes.address}", f"run_dir={tb.work_dir}/run"],
-                "profile": profile, "out": os.path.join(tb.work_dir, f"e2e-{tb.rate}.json"),
+                "profile": profile, "opt_s": out["profile"]["opt_s"] if profile is not None else None,
+                "out": os.path.join(tb.work_dir, f"e2e-{tb.rate}.json"),
             }
             res = _run_driver(nodes, job, settings.run_timeout_s, progress)
             out["rates"][tb.rate] = {"bandwidth_measured_mbit": bw.mbit_per_s, "probe": res.get("probe"),
@@ -328,6 +352,12 @@ def _row_line(r: dict[str, Any]) -> str:
             f"{r['bits_bwd']:.2f}")
 
 
+def _prediction_cells(p: dict[str, Any] | None) -> str:
+    if p is None:
+        return f" {'-':>7s} {'-':>7s} {'-':>22s}"
+    return f" {p['predicted_s']:7.3f} {p['rel_error']:+7.0%} {p['rel_error_stage_compute']:+22.0%}"
+
+
 def format_rows(result: dict[str, Any]) -> str:
     """The result as a text table plus the plan per rate."""
     lines = []
@@ -342,7 +372,8 @@ def format_rows(result: dict[str, Any]) -> str:
             lines.append(f"  plan: cuts {plan['cuts']}, codecs {json.dumps(plan['codecs'])}, predicted step "
                          f"{plan.get('step_time_s', float('nan')):.3f} s")
     head = (f"{'bandwidth':10s} {'config':8s} {'step p50 s':>10s} {'to target s':>11s} {'final val':>9s} "
-            f"{'MB/step':>8s} {'bits fwd':>8s} {'bits bwd':>8s} {'vs fp32':>8s}")
+            f"{'MB/step':>8s} {'bits fwd':>8s} {'bits bwd':>8s} {'vs fp32':>8s} {'sim s':>7s} {'sim err':>7s} "
+            f"{'sim(stage compute) err':>22s}")
     load = result.get("load_average") or {}
     if load.get("start") and load.get("end"):
         lines.append(f"load average (1 min) {load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end "
@@ -354,7 +385,9 @@ def format_rows(result: dict[str, Any]) -> str:
         speed = f"{fp32[r['bandwidth']] / r['step_s']:.2f}x" if r["bandwidth"] in fp32 else "-"
         lines.append(f"{r['bandwidth']:10s} {r['config']:8s} {r['step_s']:10.3f} {ttt:>11s} "
                      f"{r['final_val_loss']:9.4f} {r['bytes_per_step'] / 1e6:8.3f} {r['bits_fwd']:8.2f} "
-                     f"{r['bits_bwd']:8.2f} {speed:>8s}")
+                     f"{r['bits_bwd']:8.2f} {speed:>8s}" + _prediction_cells(r.get("prediction")))
+    lines.append("sim: the simulator's predicted step from the in-process profile and the probed links; sim(stage "
+                 "compute): the same with the stages' own measured compute; err = (predicted - measured) / measured")
     return "\n".join(lines)
 
 
@@ -387,27 +420,56 @@ def drive(job: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
         cluster = None
         for name in s["configs"]:
             if name == "fp32":
-                c = with_overrides(cfg, ["codecs.forward=fp32", "codecs.backward=fp32"])
+                overrides = ["codecs.forward=fp32", "codecs.backward=fp32"]
             elif name == "bf16":
-                c = with_overrides(cfg, ["codecs.forward=bf16", "codecs.backward=bf16"])
+                overrides = ["codecs.forward=bf16", "codecs.backward=bf16"]
             elif name == "strong":
-                c = with_overrides(cfg, [f"codecs.forward={s['strong_forward']}",
-                                         f"codecs.backward={s['strong_backward']}"])
+                overrides = [f"codecs.forward={s['strong_forward']}", f"codecs.backward={s['strong_backward']}"]
             else:  # plan
                 if cluster is None:
                     cluster, out["probe"] = _probe_cluster(cfg, int(s["probe_bytes"]), log)
                 plan = _choose_plan(job["profile"], cfg, cluster, s, log)
                 out["plan"] = plan.to_dict() | {"step_time_s": plan.step_time_s,
                                                  "total_sensitivity": plan.total_sensitivity}
-                c = with_overrides(cfg, plan.overrides())
+                overrides = list(plan.overrides())
+            c = with_overrides(cfg, overrides)
             log(f"[{rate}] {name}: training {s['steps']} steps (fwd {c.codecs.forward}, bwd {c.codecs.backward}"
                 + (f", edges {dict((k, dict(v)) for k, v in c.codecs.edges.items())}" if c.codecs.edges else "")
                 + f", cuts {list(c.pipeline.cuts) if c.pipeline.cuts is not None else 'even'}) ...")
             run, probe = _train_one(c, s, probe=cluster is None, probe_bytes=int(s["probe_bytes"]), log=log)
+            run["overrides"] = overrides
             if probe is not None:
                 cluster, out["probe"] = _cluster_from_probe(probe, c.pipeline.stages), _probe_dict(probe)
             out["runs"].append({"config": name, **run})
+        if job["profile"] is not None and cluster is not None:
+            _add_predictions(out["runs"], cfg, job, cluster, s, log)
     return out
+
+
+def _add_predictions(runs: list[dict[str, Any]], cfg: Any, job: dict[str, Any], cluster: Any, s: dict[str, Any],
+                     log: Callable[[str], None]) -> None:
+    """The simulator's step time for every run (its cuts and codecs, the probed links) next to the measured one:
+    ``prediction`` = :func:`layeredge_dist.bench.simulator.predict_config` (in-process profile as is, scaled
+    for the cores, and with the stages' own measured compute)."""
+    from layeredge_dist.bench.simulator import _cores, config_codecs, predict_config
+    from layeredge_dist.config import with_overrides
+    from layeredge_dist.pipeline import planning
+    from layeredge_dist.plan import ModelProfile
+
+    profile = ModelProfile.from_dict(job["profile"])
+    configs = {r["config"]: with_overrides(cfg, r["overrides"]) for r in runs}
+    used = sorted({"fp32"} | {spec for c in configs.values() for sides in config_codecs(c).values()
+                              for spec in sides.values()})
+    speeds = planning.measure_speeds(used, max(profile.elements))
+    for r in runs:
+        c = configs[r["config"]]
+        r["prediction"] = predict_config(c, profile, job["opt_s"], cluster, speeds, r["stage_medians"],
+                                         r["step_s"], _cores())
+        p = r["prediction"]
+        log(f"  [{job['rate']}] {r['config']}: measured {r['step_s']:.3f} s, predicted {p['predicted_s']:.3f} s "
+            f"({p['rel_error']:+.0%}), cores-scaled {p['predicted_cores_s']:.3f} s ({p['rel_error_cores']:+.0%}), "
+            f"with the stages' measured compute {p['predicted_stage_compute_s']:.3f} s "
+            f"({p['rel_error_stage_compute']:+.0%})")
 
 
 def _probe_dict(probe: dict[tuple[int, int], Any]) -> dict[str, dict[str, float]]:
@@ -450,6 +512,7 @@ def _choose_plan(profile_dict: dict[str, Any] | None, cfg: Any, cluster: Any, s:
 def _train_one(cfg: Any, s: dict[str, Any], probe: bool, probe_bytes: int,
                log: Callable[[str], None]) -> tuple[dict[str, Any], Any]:
     """Train one configuration on a fresh pipeline; returns its figures (and the link probe when asked)."""
+    from layeredge_dist.bench.simulator import stage_medians
     from layeredge_dist.pipeline import setup
     from layeredge_dist.pipeline.driver import Pipeline
     from layeredge_dist.pipeline.train import Events, LoopConfig, train
@@ -457,9 +520,12 @@ def _train_one(cfg: Any, s: dict[str, Any], probe: bool, probe_bytes: int,
     curve: list[dict[str, float]] = []
     clock = {"train_s": 0.0, "t0": time.perf_counter()}
 
+    reports: list[Any] = []
+
     class _Ev(Events):
         def step(self, step: int, loss: float, result: Any) -> None:
             clock["train_s"] += result.seconds
+            reports.append(result.reports)
 
         def evaluated(self, step: int, val_loss: float) -> None:
             curve.append({"step": step, "train_s": clock["train_s"], "wall_s": time.perf_counter() - clock["t0"],
@@ -487,6 +553,7 @@ def _train_one(cfg: Any, s: dict[str, Any], probe: bool, probe_bytes: int,
                    "edges": {k: dict(v) for k, v in cfg.codecs.edges.items()}},
         "cuts": list(cfg.pipeline.cuts) if cfg.pipeline.cuts is not None else None,
         "placement": placement, "step_seconds": res.step_seconds, **traffic,
+        "stage_medians": stage_medians(reports[WARMUP_STEPS:] or reports),
     }
     log(f"  step p50 {run['step_s']:.3f} s, final val {run['final_val_loss']:.4f}, "
         f"{run['bytes_per_step'] / 1e6:.3f} MB/step between stages, bits fwd {run['bits_fwd']:.2f} / bwd "

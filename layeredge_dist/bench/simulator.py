@@ -44,6 +44,7 @@ import statistics
 import sys
 import time
 from dataclasses import replace
+from collections.abc import Sequence
 from typing import Any
 
 from layeredge_dist.config import ConfigError, RunConfig, with_overrides
@@ -103,12 +104,8 @@ def _measure_steps(cfg: RunConfig, steps: int, warmup: int, probe: bool) -> dict
         for k in range(warmup, warmup + steps):
             res = pipe.call(work.batch(k), "train")
             times.append(res.seconds)
-            stage_t.append(sorted(res.reports, key=lambda r: r.stage))
-    per_stage = []
-    for s in range(len(stage_t[0]) if stage_t else 0):
-        reps = [r[s] for r in stage_t]
-        per_stage.append({f: statistics.median(float(getattr(r, f)) for r in reps)
-                          for f in ("forward_s", "backward_s", "optimizer_s", "wait_s", "total_s")})
+            stage_t.append(res.reports)
+    per_stage = stage_medians(stage_t)
     return {"step_s": times, "median_s": statistics.median(times), "stages": per_stage, "links": links}
 
 
@@ -132,6 +129,52 @@ def _stage_compute_prediction(profile: Any, cuts: tuple[int, ...], codecs: Any, 
     return step, meas / prof if prof > 0 else float("nan")
 
 
+def stage_medians(reports: Sequence[Sequence[Any]]) -> list[dict[str, float]]:
+    """Per stage, the median over steps of the seconds its reports give (``reports[step]`` = one report per
+    stage, any order; each with ``stage``, ``forward_s``, ``backward_s``, ``optimizer_s``, ``wait_s``,
+    ``total_s``)."""
+    ordered = [sorted(r, key=lambda x: x.stage) for r in reports]
+    return [{f: statistics.median(float(getattr(r[s], f)) for r in ordered)
+             for f in ("forward_s", "backward_s", "optimizer_s", "wait_s", "total_s")}
+            for s in range(len(ordered[0]) if ordered else 0)]
+
+
+def config_codecs(c: RunConfig) -> dict[str, dict[str, str]]:
+    """Every edge's ``{"forward", "backward"}`` codec of run config ``c`` (per-edge overrides over the defaults)."""
+    stages = c.pipeline.stages
+    return {f"s{k}->s{k + 1}": {d: c.codecs.edges.get(f"s{k}->s{k + 1}", {}).get(d, getattr(c.codecs, d))
+                                for d in ("forward", "backward")} for k in range(stages - 1)}
+
+
+def predict_config(c: RunConfig, profile: Any, opt_blocks: Sequence[float], cluster: Any, speeds: Any,
+                   stages: list[dict[str, float]], measured_s: float, cores: float) -> dict[str, Any]:
+    """Predicted step times of run config ``c`` (its cuts, codecs, schedule, micro-batches) against
+    ``measured_s``: from the in-process ``profile`` as is, scaled by ``stages / cores`` when there are fewer
+    cores than stages, and with the stages' own measured compute (``stages``: :func:`stage_medians`).
+    Relative errors are ``(predicted - measured) / measured``."""
+    from layeredge_dist.pipeline import setup
+    from layeredge_dist.plan import predict
+
+    n = c.pipeline.stages
+    cuts = tuple(setup.cuts(c, setup.model_spec(c)))
+    codec_map = config_codecs(c)
+    bounds = (0, *cuts, profile.n_blocks)
+    opt = [sum(opt_blocks[bounds[s]:bounds[s + 1]]) for s in range(n)]
+    factor = max(1.0, n / cores)
+    preds = {tag: predict(_scaled(profile, f), cuts, codec_map, cluster, c.pipeline.schedule,
+                          c.pipeline.microbatches, speeds=speeds, opt_time_s=[o * f for o in opt],
+                          method="simulate").step_time_s
+             for tag, f in (("", 1.0), ("_cores", factor))}
+    stage_pred, slowdown = _stage_compute_prediction(profile, cuts, codec_map, cluster, c, speeds, stages, opt)
+    return {
+        "cuts": list(cuts), "codecs": codec_map, "schedule": c.pipeline.schedule,
+        "predicted_s": preds[""], "measured_s": measured_s, "rel_error": (preds[""] - measured_s) / measured_s,
+        "predicted_cores_s": preds["_cores"], "rel_error_cores": (preds["_cores"] - measured_s) / measured_s,
+        "predicted_stage_compute_s": stage_pred,
+        "rel_error_stage_compute": (stage_pred - measured_s) / measured_s, "compute_slowdown": slowdown,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; exit code 2 for bad arguments, 1 when the cluster or a stage fails."""
     if args.steps < 1 or args.warmup < 0 or args.nodes < 1 or args.calib_batches < 1 or args.calib_steps < 0:
@@ -147,9 +190,9 @@ def run(args: argparse.Namespace) -> int:
     if cfg.pipeline.schedule not in ("gpipe", "1f1b") or cfg.pipeline.chunks != 1:
         print("error: the simulator benchmark runs gpipe / 1f1b without interleaving", file=sys.stderr)
         return 2
-    from layeredge_dist.pipeline import planning, setup
+    from layeredge_dist.pipeline import planning
     from layeredge_dist.pipeline.cluster import ClusterError, connect
-    from layeredge_dist.plan import ClusterSpec, LinkSpec, format_bandwidth, predict
+    from layeredge_dist.plan import ClusterSpec, LinkSpec, format_bandwidth
 
     log = (lambda t: None) if args.json else (lambda t: print(t, file=sys.stderr, flush=True))
     load0 = list(os.getloadavg())
@@ -161,7 +204,6 @@ def run(args: argparse.Namespace) -> int:
         f"calibration batches, codecs {', '.join(codecs)}")
     meas = planning.measure(cfg, args.calib_batches, args.calib_steps, codecs, reps=args.reps, optimizer=True)
     profile = meas.profile
-    base_cuts = setup.cuts(cfg, setup.model_spec(cfg))
     numel = max(profile.elements)
     out: dict[str, Any] = {"model": profile.name, "stages": stages, "microbatches": profile.micro_batches,
                            "cores": cores, "cores_factor": factor, "budget": args.budget,
@@ -210,32 +252,12 @@ def run(args: argparse.Namespace) -> int:
     used = {"fp32", "int8"} | ({c for sides in plan.codecs.values() for c in sides.values()} if plan else set())
     speeds = planning.measure_speeds(sorted(used), numel)
     out["codec_speeds_Bps"] = {k: list(v) for k, v in speeds.items()}
-    opt_blocks = list(meas.opt_s)
     for name, m in measured.items():
         c = with_overrides(cfg, m["overrides"])
-        cuts = tuple(c.pipeline.cuts) if c.pipeline.cuts is not None else tuple(base_cuts)
-        codec_map = {f"s{k}->s{k + 1}": {"forward": c.codecs.edges.get(f"s{k}->s{k + 1}", {}).get(
-            "forward", c.codecs.forward), "backward": c.codecs.edges.get(f"s{k}->s{k + 1}", {}).get(
-            "backward", c.codecs.backward)} for k in range(stages - 1)}
-        bounds = (0, *cuts, profile.n_blocks)
-        opt = [sum(opt_blocks[bounds[s]:bounds[s + 1]]) for s in range(stages)]
-        preds = {}
-        for tag, f in (("", 1.0), ("_cores", factor)):
-            preds[tag] = predict(_scaled(profile, f), cuts, codec_map, cluster, c.pipeline.schedule,
-                                 c.pipeline.microbatches, speeds=speeds, opt_time_s=[o * f for o in opt],
-                                 method="simulate").step_time_s
-        meas_s = m["median_s"]
-        stage_pred, slowdown = _stage_compute_prediction(profile, cuts, codec_map, cluster, c, speeds, m["stages"],
-                                                         opt)
-        out["rows"].append({
-            "bandwidth": out["bandwidth"], "config": name, "cuts": list(cuts), "codecs": codec_map,
-            "schedule": c.pipeline.schedule, "predicted_s": preds[""], "measured_s": meas_s,
-            "rel_error": (preds[""] - meas_s) / meas_s, "predicted_cores_s": preds["_cores"],
-            "rel_error_cores": (preds["_cores"] - meas_s) / meas_s,
-            "predicted_stage_compute_s": stage_pred, "rel_error_stage_compute": (stage_pred - meas_s) / meas_s,
-            "compute_slowdown": slowdown, "measured_step_s": m["step_s"],
-            "measured_stages": m["stages"],
-        })
+        out["rows"].append({"bandwidth": out["bandwidth"], "config": name,
+                            **predict_config(c, profile, list(meas.opt_s), cluster, speeds, m["stages"],
+                                             m["median_s"], cores),
+                            "measured_step_s": m["step_s"], "measured_stages": m["stages"]})
     out["seconds"] = time.perf_counter() - t0
     out["load_average"] = {"start": load0, "end": list(os.getloadavg())}
     if args.json:

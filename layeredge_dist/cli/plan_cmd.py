@@ -16,7 +16,11 @@ writes a timeline of the planned step and the bytes per link (matplotlib, extra 
 
 Sensitivities: forward = mean |loss change| in nats when only that boundary's activations are compressed;
 backward = relative error of the upstream weight gradients when only that boundary's gradients are; ``--budget``
-bounds their sum over the plan's edges and directions (an additive model: each was measured alone).
+bounds their sum over the plan's edges and directions (an additive model: each was measured alone). These are
+one-shot scores: a codec whose error compounds over training steps (int2 forward on the demo) can pass them and
+still stall training. ``--trial-steps N`` calibrates them by training: per codec and direction, N in-process
+steps with the codec on the run's cuts; every score becomes a validation-loss gap in nats (its one-shot shape over
+boundaries kept), and ``--budget`` the loss gap the plan may cost.
 
 ``tune`` (inference): see :mod:`layeredge_dist.pipeline.tuning`.
 """
@@ -73,6 +77,10 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile-out", metavar="FILE", default=None, help="save the measured profile (JSON) here")
     p.add_argument("--calib-batches", type=int, default=2, help="held-out batches for sensitivity (default 2)")
     p.add_argument("--calib-steps", type=int, default=20, help="training steps before measuring (default 20)")
+    p.add_argument("--trial-steps", type=int, default=0,
+                   help="calibrate the sensitivities by training: per codec and direction, that many in-process "
+                   "steps with the codec on the run's cuts; scores (and --budget) become validation-loss gaps in "
+                   "nats (default 0: one-shot scores; 30-100 steps catch codecs that stall training)")
     p.add_argument("--plot", metavar="PATH", default=None, help="write a timeline and bytes-per-link PNG here")
     p.set_defaults(func=run_plan)
 
@@ -162,8 +170,8 @@ def run_plan(args: argparse.Namespace) -> int:
         return _usage(f"plan supports the gpipe and 1f1b schedules, not {cfg.pipeline.schedule!r}")
     if args.blocks is not None and (not args.what_if or args.blocks < 2):
         return _usage("--blocks N (N >= 2) goes with --what-if")
-    if args.calib_batches < 1 or args.calib_steps < 0:
-        return _usage("--calib-batches must be >= 1 and --calib-steps >= 0")
+    if args.calib_batches < 1 or args.calib_steps < 0 or args.trial_steps < 0:
+        return _usage("--calib-batches must be >= 1, --calib-steps and --trial-steps >= 0")
 
     from layeredge_dist.plan import InfeasibleError, ModelProfile
     from layeredge_dist.pipeline import planning
@@ -191,9 +199,11 @@ def run_plan(args: argparse.Namespace) -> int:
         else:
             log(f"measuring {cfg.model.family} in-process (1 thread): {args.calib_steps} training steps, "
                 f"{args.calib_batches} calibration batches, codecs {', '.join(codecs)}")
-            meas = planning.measure(cfg, args.calib_batches, args.calib_steps, codecs)
+            meas = planning.measure(cfg, args.calib_batches, args.calib_steps, codecs,
+                                    trial_steps=args.trial_steps, log=log)
             base = meas.profile
-            source = {"measured": True, "seconds": meas.seconds, "exact_loss": meas.exact_loss}
+            source = {"measured": True, "seconds": meas.seconds, "exact_loss": meas.exact_loss,
+                      "trial": meas.trial.to_dict() if meas.trial is not None else None}
         if args.profile_out:
             with open(args.profile_out, "w") as fh:
                 fh.write(base.to_json())

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -48,6 +48,8 @@ from layeredge_dist.plan.codec_costs import canonical_spec, is_lossless
 
 #: Codecs measured when none are given (the plan command's default candidates).
 DEFAULT_CODECS: tuple[str, ...] = ("fp16", "bf16", "int8", "int4", "int2")
+#: Score of a codec whose trial diverged (nats; the profile's tables hold finite numbers only).
+DIVERGED_GAP = 1e3
 #: Timed repetitions per block (after one warm-up); the median is kept.
 DEFAULT_REPS = 5
 
@@ -74,7 +76,10 @@ class Measurement:
             median over repetitions, 1 thread); a stage's optimizer time is the sum over its blocks.
         train_losses: the losses of the in-process training steps before measuring.
         exact_loss: the mean exact loss over the calibration batches.
-        seconds: wall seconds per phase (``build``, ``train``, ``timing``, ``sensitivity``, ``proxy``, ``total``).
+        seconds: wall seconds per phase (``build``, ``train``, ``timing``, ``sensitivity``, ``proxy``, ``total``,
+            ``trial``).
+        trial: the :class:`~layeredge_dist.measure.trial.TrialResult` when the scores were calibrated by
+            training (``trial_steps > 0``), else None.
     """
 
     profile: ModelProfile
@@ -82,6 +87,7 @@ class Measurement:
     train_losses: tuple[float, ...]
     exact_loss: float | None
     seconds: dict[str, float]
+    trial: Any = None
 
 
 def block_partitions(cfg: RunConfig) -> tuple[Any, tuple[int, ...], list[Partition]]:
@@ -216,7 +222,8 @@ def _param_bytes(part: Partition) -> int:
 
 def measure(cfg: RunConfig, calib_batches: int = 2, calib_steps: int = 20,
             codecs: Sequence[str] = DEFAULT_CODECS, *, reps: int = DEFAULT_REPS, threads: int | None = 1,
-            sensitivity: bool = True, proxies: bool = True, optimizer: bool = False) -> Measurement:
+            sensitivity: bool = True, proxies: bool = True, optimizer: bool = False, trial_steps: int = 0,
+            trial_batches: int = 8, log: Callable[[str], None] = lambda _t: None) -> Measurement:
     """Measure the profile of ``cfg``'s model (see the module docstring) and, with ``optimizer``, the optimizer
     seconds per block.
 
@@ -230,6 +237,10 @@ def measure(cfg: RunConfig, calib_batches: int = 2, calib_steps: int = 20,
             loaded 2-core machine; None = unchanged).
         sensitivity, proxies: whether to fill the two score tables.
         optimizer: also time the run's optimizer per block (``Measurement.opt_s``; zeros otherwise).
+        trial_steps: > 0 calibrates the sensitivity table by training (:func:`calibrate_by_trial`): both
+            directions' scores become validation-loss gaps in nats after that many steps with the codec on the
+            run's cuts; ``trial_batches`` held-out batches score them. 0 keeps the one-shot scores.
+        log: progress lines (the trials take minutes).
 
     Raises ValueError for bad counts, duplicate codecs or a one-block model; CodecError for an unknown codec.
     """
@@ -239,8 +250,59 @@ def measure(cfg: RunConfig, calib_batches: int = 2, calib_steps: int = 20,
     if len(set(specs)) != len(specs):
         raise ValueError(f"duplicate codec specs in {list(codecs)}")
     lossy = [s for s in specs if not is_lossless(s)]
+    if trial_steps < 0 or trial_batches < 1:
+        raise ValueError(f"need trial_steps >= 0 and trial_batches >= 1, got {trial_steps}, {trial_batches}")
     with torch_threads(threads):
-        return _measure(cfg, calib_batches, calib_steps, lossy, reps, sensitivity, proxies, optimizer)
+        meas = _measure(cfg, calib_batches, calib_steps, lossy, reps, sensitivity, proxies, optimizer)
+        if trial_steps and sensitivity and lossy:
+            meas = calibrate_by_trial(meas, cfg, lossy, calib_steps, trial_steps, trial_batches, log)
+    return meas
+
+
+def calibrate_by_trial(meas: Measurement, cfg: RunConfig, specs: Sequence[str], calib_steps: int, trial_steps: int,
+                       trial_batches: int, log: Callable[[str], None] = lambda _t: None) -> Measurement:
+    """``meas`` with its sensitivity table calibrated by short training runs (see
+    :mod:`layeredge_dist.measure.trial`).
+
+    The block chain is trained ``calib_steps`` steps as in :func:`measure` (same batches, so the same weights),
+    then :func:`~layeredge_dist.measure.trial.trial_losses` trains ``trial_steps`` more steps (the workload's
+    batches ``calib_steps + 1 ..``) with exact edges and with each codec in each direction on the run's cuts
+    (``pipeline.cuts`` or even cuts). The validation-loss gap ``G(d, c)`` (nats, clipped at 0; ``inf`` when
+    training diverged) replaces the one-shot scores: at every boundary ``k``, ``score(k) = oneshot(k) * G /
+    sum(oneshot at the run's cuts)``, so the scores keep their relative shape over boundaries while a uniform
+    assignment on the run's cuts sums to the measured gap (spread evenly when the one-shot sum is 0). The
+    forward and backward scores then share one unit, validation-loss nats, and a budget is a loss gap.
+    ``profile.meta`` is not touched; ``Measurement.trial`` keeps the raw result.
+    """
+    from layeredge_dist.measure.trial import trial_losses
+
+    from . import setup
+
+    model, cuts, parts = block_partitions(cfg)
+    train_parts(parts, cfg, calib_steps)
+    run_cuts = setup.cuts(cfg, model)
+    at = [c - 1 for c in run_cuts]  # boundary k lies after block k
+    base = setup.stage_spec(cfg)
+    workload = setup.workload(cfg)
+    m = cfg.pipeline.microbatches
+    steps = [split_batch(workload.batch(calib_steps + 1 + k), m) for k in range(trial_steps)]
+    val = [(x[0], side[0]) for x, side in (split_batch(b, 1) for b in workload.val_batches(trial_batches))]
+    log(f"trial calibration: {trial_steps} steps x {1 + 2 * len(specs)} runs on cuts {list(run_cuts)} ...")
+    t0 = time.perf_counter()
+    trial = trial_losses(parts, base.optimizer.build, steps, val, list(specs), boundaries=at, seed=cfg.model.seed,
+                         progress=log)
+    old = meas.profile.sensitivity
+    new: dict[int, dict[str, dict[str, float]]] = {}
+    for d in ("forward", "backward"):
+        for spec in specs:
+            gap = min(max(trial.gap(d, spec), 0.0), DIVERGED_GAP)
+            one = [max(old.get(k, {}).get(d, {}).get(spec, 0.0), 0.0) for k in range(len(cuts))]
+            total = sum(one[k] for k in at)
+            for k in range(len(cuts)):
+                v = gap * one[k] / total if total > 0 else gap / len(at)
+                new.setdefault(k, {}).setdefault(d, {})[spec] = v
+    seconds = dict(meas.seconds) | {"trial": time.perf_counter() - t0}
+    return replace(meas, profile=replace(meas.profile, sensitivity=new), trial=trial, seconds=seconds)
 
 
 def _measure(cfg: RunConfig, calib_batches: int, calib_steps: int, lossy: list[str], reps: int, sensitivity: bool,

@@ -157,3 +157,30 @@ def test_scale_profile() -> None:
     assert sum(b.params_bytes for b in uni.blocks) == 7 + 4 * 1 + 8
     with pytest.raises(ValueError):
         scale_profile(prof, 1)
+
+
+def test_trial_calibrated_profile() -> None:
+    """``trial_steps`` turns both directions' scores into validation-loss gaps: on the run's cuts a uniform codec
+    sums to its measured gap, the shape over boundaries is the one-shot table's, and lossless codecs cost 0."""
+    from layeredge_dist.pipeline.planning import measure
+
+    cfg = with_overrides(RunConfig(), TINY_SETS + ["pipeline.stages=2"])
+    lines: list[str] = []
+    meas = measure(cfg, 1, 5, ("bf16", "int8", "int2"), reps=1, proxies=False, trial_steps=4, trial_batches=2,
+                   log=lines.append)
+    trial = meas.trial
+    assert trial is not None and trial.steps == 4 and any("trial" in t for t in lines)
+    prof = meas.profile
+    run_boundary = 1  # 4 blocks in 2 stages: cut at block 2, boundary 1
+    for d in ("forward", "backward"):
+        for spec in ("bf16", "int8", "int2"):
+            gap = max(trial.gap(d, spec), 0.0)
+            assert prof.score(run_boundary, d, spec, "sensitivity") == pytest.approx(gap, abs=1e-12)
+            assert all(prof.score(k, d, spec, "sensitivity") >= 0 for k in range(3))
+    assert meas.seconds["trial"] > 0
+    one_shot = measure(cfg, 1, 5, ("int2",), reps=1, proxies=False)
+    ratio = [prof.score(k, "forward", "int2", "sensitivity") / one_shot.profile.score(k, "forward", "int2",
+                                                                                          "sensitivity")
+             for k in range(3) if one_shot.profile.score(k, "forward", "int2", "sensitivity")]
+    if max(trial.gap("forward", "int2"), 0.0) > 0:
+        assert max(ratio) == pytest.approx(min(ratio), rel=1e-9)  # one factor for every boundary

@@ -42,6 +42,7 @@ def test_plan_beats_fp32_at_100mbit() -> None:
 
     settings = E2ESettings(rates=("100mbit",), configs=("fp32", "plan"), steps=8, eval_every=4, eval_batches=1,
                            calib_steps=2, calib_batches=1, candidates=("bf16", "int8", "int4", "int2"),
+                           budget=0.05, trial_steps=0,  # one-shot sensitivities: the trials are unit-tested
                            overrides=SMALL, probe_bytes=2 << 20, start_timeout_s=150.0, run_timeout_s=400.0)
     result = run_e2e(settings, log=print)
     print(format_rows(result))

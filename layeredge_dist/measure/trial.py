@@ -1,0 +1,217 @@
+"""Training-calibrated sensitivity: what a codec on the cuts costs after a short stretch of real training.
+
+The one-shot estimators (:mod:`.sensitivity`, :mod:`.proxy`) measure how much *one* compressed tensor changes the
+loss or the gradient. Training compounds errors over many steps: a biased backward codec, or a forward codec
+whose noise the model cannot average out, can stall training although its one-shot loss change is tiny (seen on
+the demo: ``int2`` forward passed a one-shot budget of 0.05 nats and then trained 0.3-0.4 nats worse); error
+feedback (``ef(...)``) helps over steps but scores exactly like its inner codec in one shot.
+
+:func:`trial_losses` measures that directly, in this process: from the same starting weights, ``steps``
+optimizer steps with exact edges, then for each direction and codec the same steps on the same batches with the
+codec on every cut in that direction only (the other direction exact; forward codecs also in the validation
+forward, as the pipeline evaluates), and the validation loss at the end of each. The gap to the exact run
+(nats) is the codec's training sensitivity for that direction; :meth:`TrialResult.gap` returns it.
+
+Cost: ``(1 + directions x codecs) x steps`` training steps of the whole model in this process. Pure torch: no
+pipeline, transport or Ray (layer rank 3).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..codecs.stateful import DeltaCodec, ErrorFeedback
+from ..model import Partition
+from ..model.family import Side
+from ..model.chain import stage_backward, stage_forward
+from ._codec import AnyCodec, call_seed, load_codec
+
+#: One step's micro-batches: (inputs, side inputs), as :func:`~layeredge_dist.model.split_batch` returns them.
+MicroBatches = tuple[Sequence[torch.Tensor], Sequence[Side]]
+DIRECTIONS = ("forward", "backward")
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """Validation losses (nats) after ``steps`` training steps: ``exact`` with exact edges and ``losses[direction]
+    [spec]`` with ``spec`` on every cut in ``direction``; ``train_losses`` likewise, the mean training loss of the
+    last ``min(steps, 10)`` steps (a non-finite value means training diverged)."""
+
+    steps: int
+    exact: float
+    losses: Mapping[str, Mapping[str, float]]
+    exact_train: float
+    train_losses: Mapping[str, Mapping[str, float]]
+
+    def gap(self, direction: str, spec: str) -> float:
+        """Validation-loss gap of ``spec`` in ``direction`` to the exact run (nats; ``inf`` when it diverged).
+        KeyError for a pair that was not measured."""
+        v = self.losses[direction][spec]
+        return v - self.exact if math.isfinite(v) else math.inf
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain data (JSON-compatible; non-finite losses as None)."""
+        def fin(v: float) -> float | None:
+            return v if math.isfinite(v) else None
+        return {"steps": self.steps, "exact": self.exact, "exact_train": self.exact_train,
+                "losses": {d: {s: fin(v) for s, v in per.items()} for d, per in self.losses.items()},
+                "train_losses": {d: {s: fin(v) for s, v in per.items()} for d, per in self.train_losses.items()}}
+
+
+class _EdgeCodec:
+    """A codec applied at every cut like the stage endpoints apply it: stateful wrappers keep one state per
+    (cut, micro-batch slot), randomized codecs get a seeded generator per call."""
+
+    def __init__(self, spec: str | None, seed: int) -> None:
+        self.codec: AnyCodec | None = load_codec(spec) if spec is not None else None
+        self.seed = seed
+        self.states: dict[Hashable, object] = {}
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, key: Hashable) -> torch.Tensor:
+        c = self.codec
+        if c is None:
+            return x
+        self.calls += 1
+        gen = torch.Generator(device=x.device)
+        gen.manual_seed(call_seed(self.seed, self.calls, "trial"))
+        if isinstance(c, ErrorFeedback):
+            st = self.states.get(key)
+            if st is None:
+                st = self.states[key] = c.new_state()
+            y = c.decode(c.encode(x, st, generator=gen))  # type: ignore[arg-type]
+        elif isinstance(c, DeltaCodec):
+            send = self.states.get(("send", key))
+            if send is None:
+                send = self.states[("send", key)] = c.new_state()
+                self.states[("recv", key)] = c.new_state()
+            enc = c.encode(x, send, key, generator=gen)  # type: ignore[arg-type]
+            y = c.decode(enc, self.states[("recv", key)], key)  # type: ignore[arg-type]
+        else:
+            y = c.decode(c.encode(x, generator=gen))
+        return y.reshape(x.shape).to(x.dtype)
+
+
+def _val_loss(parts: Sequence[Partition], batches: Sequence[tuple[torch.Tensor, Side]], fwd: _EdgeCodec,
+              at: frozenset[int]) -> float:
+    for p in parts:
+        p.eval()
+    total = 0.0
+    with torch.no_grad():
+        for i, (x, side) in enumerate(batches):
+            h = x
+            for s, part in enumerate(parts):
+                h = part(h, side)
+                if s in at:
+                    h = fwd(h, ("val", s, i))
+            total += float(parts[-1].loss(h, side))
+    for p in parts:
+        p.train()
+    return total / len(batches)
+
+
+def _train(parts: Sequence[Partition], make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
+           step_batches: Sequence[MicroBatches], fwd: _EdgeCodec, bwd: _EdgeCodec, at: frozenset[int]) -> list[float]:
+    """``len(step_batches)`` optimizer steps through the chain (GPipe order) with ``fwd`` / ``bwd`` at the
+    boundaries ``at`` (boundary ``k`` is between partitions ``k`` and ``k + 1``)."""
+    params = [p for part in parts for p in part.parameters() if p.requires_grad]
+    opt = make_optimizer(params)
+    losses = []
+    for xs, sides in step_batches:
+        opt.zero_grad(set_to_none=True)
+        m = len(xs)
+        saved: list[list[object]] = [[] for _ in parts]
+        total = 0.0
+        for i, (x, side) in enumerate(zip(xs, sides)):
+            h = x
+            for s, part in enumerate(parts):
+                h, state = stage_forward(part, h, side, train=True, loss_scale=1.0 / m)
+                saved[s].append(state)
+                if s in at:
+                    h = fwd(h, (s, i))
+            total += float(h)
+        for i in range(m):
+            g: torch.Tensor | None = None
+            for s in reversed(range(len(parts))):
+                g = stage_backward(saved[s][i], g)  # type: ignore[arg-type]
+                if s > 0:
+                    assert g is not None, f"stage {s} has a non-float input; it cannot pass a gradient back"
+                    if s - 1 in at:
+                        g = bwd(g, (s - 1, i))
+        losses.append(total / m)
+        if not math.isfinite(losses[-1]):
+            break
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return losses
+
+
+def trial_losses(parts: Sequence[Partition],
+                 make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
+                 step_batches: Sequence[MicroBatches], val_batches: Sequence[tuple[torch.Tensor, Side]],
+                 specs: Sequence[str], directions: Sequence[str] = DIRECTIONS, seed: int = 0,
+                 boundaries: Sequence[int] | None = None,
+                 progress: Callable[[str], None] = lambda _t: None) -> TrialResult:
+    """Train copies of ``parts`` (left unchanged) on ``step_batches`` once with exact edges and once per
+    direction and codec spec; see the module docstring.
+
+    Args:
+        parts: every stage's partition of the model, in order (the starting weights).
+        make_optimizer: a fresh optimizer for a list of parameters (the run's optimizer settings).
+        step_batches: the micro-batches of each training step (its length is the trial's step count, >= 1).
+        val_batches: held-out full batches ``(inputs, side)`` (>= 1), each evaluated as one micro-batch.
+        specs: codec specs (``parse_any`` syntax); lossless ones are measured too (gap ~0).
+        directions: ``forward`` and/or ``backward``.
+        seed: seeds the randomized codecs.
+        boundaries: where the codecs apply (boundary ``k`` lies between ``parts[k]`` and ``parts[k + 1]``); None
+            = every boundary. Lets a chain cut at every block stand for a pipeline cut at fewer places.
+        progress: called with a short line before each training run.
+
+    Raises ValueError for empty inputs, an unknown direction or fewer than two partitions; CodecError for a bad
+    spec.
+    """
+    if len(parts) < 2:
+        raise ValueError(f"a trial needs at least one cut (two partitions), got {len(parts)}")
+    if not step_batches or not val_batches:
+        raise ValueError("a trial needs at least one training step and one validation batch")
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if bad:
+        raise ValueError(f"unknown direction(s) {bad}; expected forward and/or backward")
+    at = frozenset(range(len(parts) - 1) if boundaries is None else boundaries)
+    if not at or not all(0 <= k < len(parts) - 1 for k in at):
+        raise ValueError(f"boundaries must be among 0..{len(parts) - 2} (and not empty), got {boundaries}")
+    for spec in specs:
+        load_codec(spec)  # CodecError before any training
+    start = [copy.deepcopy(p.state_dict()) for p in parts]
+    tail = max(1, min(len(step_batches), 10))
+
+    def run(fwd_spec: str | None, bwd_spec: str | None) -> tuple[float, float]:
+        for p, st in zip(parts, start):
+            p.load_state_dict(st)
+        fwd, bwd = _EdgeCodec(fwd_spec, seed), _EdgeCodec(bwd_spec, seed + 1)
+        losses = _train(parts, make_optimizer, step_batches, fwd, bwd, at)
+        train = sum(losses[-tail:]) / len(losses[-tail:])
+        if len(losses) < len(step_batches) or not math.isfinite(train):
+            return math.inf, math.inf
+        return _val_loss(parts, val_batches, _EdgeCodec(fwd_spec, seed + 2), at), train
+
+    try:
+        progress(f"trial: exact edges, {len(step_batches)} steps")
+        exact, exact_train = run(None, None)
+        losses: dict[str, dict[str, float]] = {}
+        trains: dict[str, dict[str, float]] = {}
+        for d in directions:
+            for spec in specs:
+                progress(f"trial: {spec} {d}")
+                v, t = run(spec, None) if d == "forward" else run(None, spec)
+                losses.setdefault(d, {})[spec] = v
+                trains.setdefault(d, {})[spec] = t
+    finally:
+        for p, st in zip(parts, start):
+            p.load_state_dict(st)
+    return TrialResult(len(step_batches), exact, losses, exact_train, trains)
