@@ -46,6 +46,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,7 @@ __all__ = [
     "choose_placement",
     "connect",
     "ray_env",
+    "sweep_orphaned_temp_dirs",
     "token_path",
 ]
 
@@ -81,6 +83,11 @@ _READY = "LAYEREDGE_CLUSTER_READY "
 _HOST_LOG = "layeredge-cluster-host.log"
 _STOP_GRACE_S = 10.0
 _MAX_SOCKET_DIR = 48  # Ray's unix sockets live under <temp_dir>/session_<date>_<pid>/sockets/; AF_UNIX allows 107 bytes
+#: Temp dirs of clusters we start: ``<_TEMP_ROOT>/<_TEMP_PREFIX>XXXXXXXX`` (short: Ray's socket paths).
+_TEMP_ROOT = "/tmp"
+_TEMP_PREFIX = "le-ray-"
+#: Owner marker in an embedded single-node cluster's temp dir (see :func:`sweep_orphaned_temp_dirs`).
+_OWNER_FILE = "layeredge-owner.json"
 
 
 class ClusterError(RuntimeError):
@@ -224,6 +231,106 @@ def _signal(pid: int, start: int | None, sig: int) -> None:
     if _alive(pid, start):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
+
+
+def _boot_id() -> str | None:
+    with contextlib.suppress(OSError):
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _ray_processes(temp_dir: str) -> dict[int, int]:
+    """The embedded cluster's processes, pid -> start time: this process's descendants whose command line names
+    ``temp_dir`` (GCS, raylet, dashboard, log monitor) and everything below those (the raylet's agents and
+    workers, whose command lines Ray retitles ``ray::...``)."""
+    stats = _all_stats()
+    children: dict[int, list[int]] = {}
+    for pid, (_, ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    out: dict[int, int] = {}
+    stack = [(os.getpid(), False)]
+    while stack:
+        parent, ours = stack.pop()
+        for child in children.get(parent, []):
+            mine = ours or temp_dir in _cmdline(child)
+            if mine:
+                out[child] = stats[child][3]
+            stack.append((child, mine))
+    return out
+
+
+def _write_owner(temp_dir: str, processes: Mapping[int, int] | None = None) -> None:
+    """Write (atomically) the owner marker of an embedded cluster's temp dir: this process (PID, start time,
+    boot id) and the Ray processes it started (PID, start time), for :func:`sweep_orphaned_temp_dirs`."""
+    st = _stat(os.getpid())
+    data = {"pid": os.getpid(), "start": st[3] if st else None, "boot_id": _boot_id(),
+            "processes": {str(p): s for p, s in (processes or {}).items()}}
+    tmp = os.path.join(temp_dir, f".{_OWNER_FILE}.{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, os.path.join(temp_dir, _OWNER_FILE))
+
+
+def _owner_gone(owner: Mapping[str, Any]) -> bool:
+    """True when the process named by an owner marker no longer exists (another boot, no such PID, or the PID
+    now belongs to a process with another start time)."""
+    boot = _boot_id()
+    if owner.get("boot_id") and boot and owner["boot_id"] != boot:
+        return True
+    start = owner.get("start")
+    return not _alive(int(owner["pid"]), int(start) if start is not None else None)
+
+
+def sweep_orphaned_temp_dirs(root: str | None = None) -> list[str]:
+    """Remove the temp dirs of embedded single-node clusters whose driver died without cleaning up (SIGKILL,
+    OOM kill): ``<root>/le-ray-*`` (root: /tmp) with our owner marker naming a process that is gone (another
+    boot, no such PID, or a PID now used by a process with another start time). First the Ray processes the
+    marker lists that still run get SIGKILL - each checked by PID *and* start time, and by its command line
+    (naming the dir, or retitled ``ray::...``): the raylet's dashboard and runtime-env agents otherwise linger ~60 s
+    after their driver's death. Dirs without a marker (another program's, a LocalCluster's, one being created),
+    of a live owner, or whose dir or marker is another user's or whose marker others may write, are never
+    touched. Returns the dirs removed; never raises for one it cannot read or remove."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(root or _TEMP_ROOT))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(_TEMP_PREFIX):
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            marker = os.path.join(entry.path, _OWNER_FILE)
+            st_dir, st_marker = os.lstat(entry.path), os.lstat(marker)
+            # Ray makes its temp dir world-writable (0777), so the marker file itself must be ours and only ours
+            if st_dir.st_uid != os.getuid() or st_marker.st_uid != os.getuid() or \
+                    not stat.S_ISREG(st_marker.st_mode) or st_marker.st_mode & 0o022:
+                continue
+            with open(marker) as f:
+                owner = json.load(f)
+            if not isinstance(owner, dict) or not _owner_gone(owner):
+                continue
+            for pid_s, start in dict(owner.get("processes") or {}).items():
+                pid = int(pid_s)
+                cmd = _cmdline(pid)
+                ray_proc = entry.path in cmd or cmd.startswith("ray::")
+                if pid != os.getpid() and _alive(pid, int(start)) and ray_proc:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        if not os.path.exists(entry.path):
+            removed.append(entry.path)
+    return removed
 
 
 def _free_port() -> int:
@@ -420,7 +527,7 @@ class LocalCluster:
             self._own_temp_dir = False
         else:
             # /tmp, not $TMPDIR: Ray's unix socket paths must stay short
-            self.temp_dir = tempfile.mkdtemp(prefix="le-ray-", dir="/tmp")
+            self.temp_dir = tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=_TEMP_ROOT)
             self._own_temp_dir = True
         if len(self.temp_dir) > _MAX_SOCKET_DIR:
             raise ClusterError(
@@ -729,7 +836,11 @@ def connect(
     t0 = time.monotonic()
     try:
         if address is None and nodes == 1:
-            temp_dir = tempfile.mkdtemp(prefix="le-ray-", dir="/tmp")
+            with contextlib.suppress(Exception):  # best effort: never a reason not to start
+                sweep_orphaned_temp_dirs()
+            temp_dir = tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=_TEMP_ROOT)
+            with contextlib.suppress(OSError):  # before Ray starts: after a SIGKILL the next connect sweeps it
+                _write_owner(temp_dir)
             try:
                 ray.init(
                     _node_ip_address=LOCAL_IP,
@@ -749,6 +860,8 @@ def connect(
             if time.monotonic() - t0 > timeout_s:
                 raise ClusterError(f"embedded single-node Ray took {time.monotonic() - t0:.1f} s to start, more than "
                                    f"timeout_s={timeout_s:g}. Hint: the machine is overloaded; raise the timeout.")
+            with contextlib.suppress(OSError):
+                _write_owner(temp_dir, _ray_processes(temp_dir))
             embedded = True
         elif address is None:
             cluster = LocalCluster(nodes, cpus_per_node, gpus_per_node, timeout_s=timeout_s)

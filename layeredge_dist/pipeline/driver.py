@@ -183,9 +183,12 @@ class Pipeline:
                     raise culprit from None
             if time.monotonic() > deadline:
                 pending = [i for i, r in enumerate(refs) if r not in ready]
-                raise StageFailure(pending[0] if pending else None,
+                # In a training step every stage waits for its neighbours, so ``pending`` starts with stage 0
+                # whichever stage hangs; blame one that does not even answer a control call (frozen, cut off).
+                silent = [i for i in self._unresponsive() if i in pending] if len(pending) > 1 else []
+                raise StageFailure((silent or pending or [None])[0],
                                    f"call {seq} not finished after {self.placement.step_timeout_s:.0f} s; "
-                                   f"stuck stages: {pending}")
+                                   f"stuck stages: {pending}" + (f"; not answering: {silent}" if silent else ""))
 
         try:
             outputs = self.host.collect(seq, self.base.microbatches, check)

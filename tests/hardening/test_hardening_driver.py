@@ -3,7 +3,9 @@ steps) is SIGKILLed after a few steps and started again.
 
 * the second run resumes from the last complete checkpoint and ends with exactly the parameters of an
   uninterrupted run (the same spec and batches trained in this process, on the test cluster);
-* no process of the killed driver's embedded Ray cluster is left running;
+* no process of the killed driver's embedded Ray cluster is left running, and its temp dir
+  ``/tmp/le-ray-XXXXXXXX`` is gone: the second run's ``connect()`` sweeps it (owner marker naming a dead
+  process) and SIGKILLs the Ray agents it lists that would otherwise linger ~60 s;
 * the per-run bearer token (made known here by fixing the generator) is in no file of the run directory
   (``config.yaml``, ``summary.json``, checkpoints, manifests), in neither run's output, nor in the Ray logs the
   killed run left behind.
@@ -80,12 +82,17 @@ class Runs:
         self.run_dir = Path()
         self.linger_s = 0.0
         self.gone_after: dict[int, float] = {}
+        self.token_in_ray_logs: list[str] = []
+        self.ray_dirs_left: list[str] = []
 
 
 #: How long the killed driver's Ray processes may linger. The GCS, raylet and workers die at once (kernel
 #: fate-sharing with the driver); Ray's dashboard and runtime-env agents notice the raylet's death at once too,
-#: but first try to report it to the (dead) GCS and exit only when that client gives up, about 60 s later.
+#: but first try to report it to the (dead) GCS and exit only when that client gives up, about 60 s later -
+#: unless the next driver's connect() kills them first (its sweep of orphaned temp dirs), as run 2 does here
+#: a few seconds after the kill (its start-up: imports, config; up to ~20 s on a loaded 2-core machine).
 LINGER_S = 120.0
+SWEPT_S = 45.0
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +124,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         out.outputs.append(p1.stdout.read().decode(errors="replace") if p1.stdout else "")
         out.ray_dirs = sorted({m.group(1) for cmd in cmdlines.values()
                                for m in [re.search(r"--temp-dir=(/tmp/le-ray-[A-Za-z0-9_]+)", cmd)] if m})
-        # ---- run 2, started at once; meanwhile every process run 1 started must go away on its own ----
+        # Ray's session logs of the killed run (workers' stdout/stderr, raylet, GCS), read before run 2 sweeps them
+        out.token_in_ray_logs = _files_with(out.ray_dirs, TOKEN.encode())
+        # ---- run 2, started at once; meanwhile every process run 1 started must go away (on its own, or killed
+        # by run 2's sweep of orphaned temp dirs) ----
         with open(logs[1], "wb") as err:
             p2 = subprocess.Popen(_argv(run_dir), stdout=subprocess.PIPE, stderr=err, env=_env())
         left = still_alive(tree)
@@ -130,6 +140,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         out.leftovers = left
         out.linger_s = time.monotonic() - killed
         stdout, _ = p2.communicate(timeout=600)
+        out.ray_dirs_left = [d for d in out.ray_dirs if os.path.exists(d)]
     finally:
         for p in (p1, p2):
             if p is not None and p.poll() is None:
@@ -145,10 +156,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     out.summary = json.loads(stdout.decode().strip().splitlines()[-1])
     print(f"driver killed after checkpoint {out.killed_at}; its {len(tree)} processes: gone after "
           f"{sorted(round(t, 1) for t in out.gone_after.values())} s, all by {out.linger_s:.1f} s; "
-          f"Ray temp dirs left behind: {out.ray_dirs}")
+          f"Ray temp dirs of run 1: {out.ray_dirs}, left after run 2: {out.ray_dirs_left}")
     yield out
-    for d in out.ray_dirs:  # what the killed run left in /tmp (Ray's session dir: logs, sockets)
+    for d in out.ray_dirs:  # in case the sweep did not remove it (a failure)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _files_with(dirs: list[str], needle: bytes) -> list[str]:
+    return [str(p) for d in dirs for p in Path(d).rglob("*") if p.is_file() and not p.is_symlink()
+            and p.stat().st_size < 64 << 20 and needle in p.read_bytes()]
 
 
 def _cmdline(pid: int) -> str:
@@ -188,6 +204,14 @@ def test_no_ray_process_left_behind(runs: Runs) -> None:
     assert not runs.leftovers, (
         f"{len(runs.leftovers)} process(es) of the killed driver's embedded Ray still run {LINGER_S:.0f} s after "
         "the kill: " + "; ".join(f"{pid}: {cmd}" for pid, cmd in sorted(runs.leftovers.items())))
+    # the agents did not wait for their 60 s GCS timeout: run 2's connect() killed them
+    assert runs.linger_s < SWEPT_S, f"run 1's Ray processes lingered {runs.linger_s:.1f} s: {runs.gone_after}"
+
+
+def test_orphaned_ray_temp_dir_is_swept(runs: Runs) -> None:
+    assert runs.ray_dirs, "found no --temp-dir=/tmp/le-ray-* on the killed run's Ray processes"
+    assert not runs.ray_dirs_left, f"the killed run's Ray temp dir is still there after run 2: " \
+                                   f"{runs.ray_dirs_left}"
 
 
 def test_per_run_token_is_not_persisted(runs: Runs) -> None:
@@ -196,7 +220,5 @@ def test_per_run_token_is_not_persisted(runs: Runs) -> None:
     assert any(p.name == "config.yaml" for p in places) and any(p.name == "summary.json" for p in places)
     found = [str(p) for p in places if needle in p.read_bytes()]
     found += [f"output {i}" for i, text in enumerate(runs.outputs) if TOKEN in text]
-    for d in runs.ray_dirs:  # Ray's session logs of the killed run (workers' stdout/stderr, raylet, GCS)
-        found += [str(p) for p in Path(d).rglob("*") if p.is_file() and not p.is_symlink()
-                  and p.stat().st_size < 64 << 20 and needle in p.read_bytes()]
+    found += runs.token_in_ray_logs  # Ray's session logs of the killed run
     assert not found, f"the per-run token was written to: {found}"
