@@ -129,12 +129,19 @@ def _train(args: argparse.Namespace, defaults: Sequence[str]) -> int:
             progress = _Progress(cfg.train.steps, cfg.data.batch_size * cfg.data.context, cfg.train.log_every,
                                  args.json)
 
+            curves: dict[str, list[tuple[float, float]]] = {"train": [], "val": []}
+            clock = {"t0": 0.0}  # when the first step began
+
             class _Ev(Events):
                 def step(self, step: int, loss: float, result: Any) -> None:
                     progress.step(step, loss, result.seconds)
+                    if not curves["train"]:
+                        clock["t0"] = time.perf_counter() - result.seconds
+                    curves["train"].append((time.perf_counter() - clock["t0"], loss))
 
                 def evaluated(self, step: int, val_loss: float) -> None:
                     progress.val = f" (val {val_loss:.3f})"
+                    curves["val"].append((time.perf_counter() - clock["t0"], val_loss))
 
                 def failed(self, step: int, error: StageFailure, resume_step: int) -> None:
                     progress.note(f"step {step + 1}: {error}; resuming from the checkpoint after step {resume_step}")
@@ -185,6 +192,15 @@ def _train(args: argparse.Namespace, defaults: Sequence[str]) -> int:
         "wall_s": result.wall_s, "failures": result.failures, "resumed_from": result.resumed_from,
         "traffic": traffic_rows(stats), "memory": memory, "proxies": proxies,
     }
+    try:
+        from layeredge_dist.pipeline.report import plot_run
+
+        summary["plot"] = plot_run(str(run_dir / "report.png"), curves["train"], curves["val"], summary["traffic"],
+                                   max(1, result.steps_done - result.start_step), stages,
+                                   f"{spec.model.family} in {stages} stages, codecs fwd {spec.codecs.forward} / bwd "
+                                   f"{spec.codecs.backward}")
+    except ImportError as err:
+        log(f"no plot: matplotlib is not installed ({err})")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     if args.json:
         print(json.dumps(summary, default=str))
@@ -195,7 +211,8 @@ def _train(args: argparse.Namespace, defaults: Sequence[str]) -> int:
         print(f"  validation loss after {s} steps: {v:.4f}")
     print("\nper-edge traffic\n" + format_traffic(stats, stages))
     print("\nmemory per stage\n" + format_memory(memory))
-    print(f"\nsummary: {run_dir / 'summary.json'}; checkpoints: {ckpt}")
+    print(f"\nsummary: {run_dir / 'summary.json'}; checkpoints: {ckpt}"
+          + (f"; plot (loss vs wall time, MB per step per edge): {summary['plot']}" if summary.get("plot") else ""))
     return 0
 
 
@@ -210,8 +227,25 @@ DEMO = ("train.steps=150", "train.eval_every=50", "train.checkpoint_every=50", "
 
 
 def run_run(args: argparse.Namespace) -> int:
-    """``layeredge run``."""
-    return _train(args, DEMO)
+    """``layeredge run``; with ``--testbed RATE`` the same job as the driver inside host 0 of an emulated
+    multi-host network shaped to RATE (``layeredge testbed run``: needs root)."""
+    if args.testbed is None:
+        return _train(args, DEMO)
+    from layeredge_dist.cli import testbed_cmd
+
+    try:
+        cfg = resolve_config(args, DEMO)
+    except (ConfigError, OSError) as err:
+        print(f"layeredge: config error: {err}", file=sys.stderr)
+        return 2
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "testbed-config.yaml"
+    path.write_text(dump_yaml(cfg))  # the resolved job; the testbed adds --address and its own overrides
+    tb_args = argparse.Namespace(rate=args.testbed, hosts=cfg.pipeline.stages, cpus_per_node=1.0,
+                                 timeout=cfg.cluster.start_timeout_s, command="run",
+                                 args=["--config", str(path)] + (["--json"] if args.json else []))
+    return testbed_cmd.run_run(tb_args)
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -277,6 +311,10 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
                          "end with per-edge traffic and per-stage memory tables. Demo defaults: "
                          + ", ".join(DEMO) + " (a --config file replaces them).")
     add_common(run)
+    run.add_argument("--testbed", nargs="?", const="100mbit", default=None, metavar="RATE",
+                     help="run on an emulated multi-host network instead (root): one network namespace and Ray node "
+                     "per stage on a switch, every link shaped to RATE (100mbit if no value; 1gbit, unshaped, ...), "
+                     "the driver inside host 0, everything torn down at the end; see cluster/testbed.md")
     run.set_defaults(func=run_run)
     train = sub.add_parser("train", help="train a model as a pipeline of stage actors (config file + overrides)",
                            description="Train the configured model as a pipeline of Ray stage actors; resumes from "

@@ -63,3 +63,53 @@ def format_memory(memory: Sequence[Mapping[str, int]]) -> str:
              f"{m['saved_activation_bytes_peak'] / MB:.1f}", f"{m['rss_bytes'] / MB:.0f}",
              f"{m['peak_rss_bytes'] / MB:.0f}"] for i, m in enumerate(memory)]
     return table(["stage", "params MB", "optim MB", "saved act MB (peak)", "RSS MB", "peak RSS MB"], rows)
+
+
+def plot_run(path: str, train_curve: Sequence[tuple[float, float]], val_curve: Sequence[tuple[float, float]],
+             traffic: Sequence[Mapping[str, object]], steps: int, num_stages: int, title: str) -> str:
+    """One PNG of a run: training and validation loss against wall time (left; ``(seconds since the first step
+    began, loss)`` pairs) and the wire megabytes per training step of every inter-stage edge and role next to
+    what the same tensors are in fp32 (right; ``traffic`` = :func:`traffic_rows`, divided by ``steps``; the
+    host's own edges are left out, and activations are scaled to the training steps' share, i.e. the elements of
+    the matching gradients, since validation sends activations too). Needs matplotlib (ImportError otherwise);
+    returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
+    if train_curve:
+        ax.plot([t for t, _ in train_curve], [v for _, v in train_curve], lw=1, label="train loss")
+    if val_curve:
+        ax.plot([t for t, _ in val_curve], [v for _, v in val_curve], "o-", ms=4, label="validation loss")
+    ax.set_xlabel("wall time (s)")
+    ax.set_ylabel("loss (nats)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    host = f"s{num_stages}"
+    rows = [r for r in traffic if r["role"] in ("activation", "gradient") and host not in str(r["edge"]).split("->")]
+    labels = [f"{r['edge']} {r['role'][:4]}\n{r['codec']}" for r in rows]
+    per = max(1, steps)
+    grad_elems = {tuple(reversed(str(r["edge"]).split("->"))): float(r["elements"])  # type: ignore[arg-type]
+                  for r in rows if r["role"] == "gradient"}
+
+    def share(r: Mapping[str, object]) -> float:  # training's share of an edge's traffic
+        if r["role"] != "activation" or not r["elements"]:
+            return 1.0
+        g = grad_elems.get(tuple(str(r["edge"]).split("->")))
+        return min(1.0, g / float(r["elements"])) if g else 1.0  # type: ignore[arg-type]
+
+    xs = range(len(rows))
+    bx.bar([x - 0.2 for x in xs], [float(r["raw_bytes"]) * share(r) / per / MB for r in rows],  # type: ignore
+           0.4, label="as fp32 (raw)", color="#bbbbbb")
+    bx.bar([x + 0.2 for x in xs], [float(r["wire_bytes"]) * share(r) / per / MB for r in rows],  # type: ignore
+           0.4, label="on the wire")
+    bx.set_xticks(list(xs), labels, fontsize=7)
+    bx.set_ylabel("MB per training step")
+    bx.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

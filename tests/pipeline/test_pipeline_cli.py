@@ -101,6 +101,7 @@ def test_train_writes_summary_with_traffic_and_memory(trained: dict[str, Any]) -
         assert 2 * mem["param_bytes"] <= mem["optimizer_bytes"] < 2 * mem["param_bytes"] + 1024
     run = trained["run"]
     assert (run / "config.yaml").exists()
+    assert summary["plot"] == str(run / "report.png") and (run / "report.png").stat().st_size > 10_000
     assert trained["dirs4"] == ["step00000002", "step00000004"]  # the newest two of 0, 2, 4
 
 
