@@ -43,7 +43,6 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import replace
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,15 +76,6 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-def _scaled(profile: Any, factor: float) -> Any:
-    from layeredge_dist.plan import BlockCost
-
-    if factor == 1.0:
-        return profile
-    return replace(profile, blocks=tuple(BlockCost(b.fwd_s * factor, b.bwd_s * factor, b.params_bytes)
-                                         for b in profile.blocks))
 
 
 def _measure_steps(cfg: RunConfig, steps: int, warmup: int, probe: bool) -> dict[str, Any]:
@@ -161,7 +151,7 @@ def predict_config(c: RunConfig, profile: Any, opt_blocks: Sequence[float], clus
     bounds = (0, *cuts, profile.n_blocks)
     opt = [sum(opt_blocks[bounds[s]:bounds[s + 1]]) for s in range(n)]
     factor = max(1.0, n / cores)
-    preds = {tag: predict(_scaled(profile, f), cuts, codec_map, cluster, c.pipeline.schedule,
+    preds = {tag: predict(profile.with_compute_scaled(f), cuts, codec_map, cluster, c.pipeline.schedule,
                           c.pipeline.microbatches, speeds=speeds, opt_time_s=[o * f for o in opt],
                           method="simulate").step_time_s
              for tag, f in (("", 1.0), ("_cores", factor))}

@@ -24,6 +24,8 @@ BENCHES: dict[str, str] = {
     "simulator": "predicted vs measured step time on a local Ray cluster: fp32, the planner's plan, more configs",
     "e2e": "end to end on a shaped 3-host testbed (root): step time, time to target loss, bytes and bits per "
     "element for fp32, bf16, the planner's plan and a strong fixed codec, per link rate",
+    "control": "the online controller under a bandwidth drop (1 Gbit/s -> 100 Mbit/s mid-run) on a shaped 3-host "
+    "testbed (root): switch step, step time before / after the drop with and without the controller, codecs",
     "soak": "train and serve the demo pipeline continuously for M minutes: RSS growth per stage and driver, "
     "error counts, p50/p99 step time and inference latency per time window",
 }

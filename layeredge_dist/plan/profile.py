@@ -184,6 +184,17 @@ class ModelProfile:
             raise ValueError(f"source must be one of {SCORE_SOURCES}, got {source!r}")
         return replace(self, **{source: table})
 
+    def with_compute_scaled(self, factor: float) -> ModelProfile:
+        """A copy whose forward and backward seconds are multiplied by ``factor`` (> 0): the same model on slower
+        or busier cores (e.g. 3 stage processes sharing 2 cores, or a calibration against measured steps).
+        ValueError for a factor that is not a positive finite number."""
+        if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+            raise ValueError(f"compute scale must be a positive finite number, got {factor!r}")
+        if factor == 1.0:
+            return self
+        return replace(self, blocks=tuple(BlockCost(b.fwd_s * factor, b.bwd_s * factor, b.params_bytes)
+                                          for b in self.blocks))
+
     # ---- queries -----------------------------------------------------------------------------------------
 
     @property

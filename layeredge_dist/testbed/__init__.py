@@ -20,6 +20,7 @@ from layeredge_dist.testbed.netns import (
     list_testbeds,
     parse_rate,
     require_tools,
+    unavailable_reason,
 )
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "list_testbeds",
     "parse_rate",
     "require_tools",
+    "unavailable_reason",
 ]

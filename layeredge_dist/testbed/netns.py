@@ -384,6 +384,16 @@ def _ns_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(rf"^{re.escape(prefix)}-(?P<pid>\d+)(?:t\d+)?-(?:sw|h\d+)$")
 
 
+def unavailable_reason() -> str | None:
+    """Why this process cannot build a testbed (the message of :func:`require_tools`), or None when it can;
+    for skip conditions and status lines."""
+    try:
+        require_tools()
+    except TestbedError as err:
+        return str(err)
+    return None
+
+
 def list_namespaces() -> list[str]:
     """Names of all network namespaces (``ip netns list``)."""
     with contextlib.suppress(OSError):

@@ -43,18 +43,10 @@ from typing import Any
 import pytest
 import torch
 
-from layeredge_dist.testbed import Testbed, TestbedError, require_tools
+from layeredge_dist.testbed import Testbed, unavailable_reason
 
 
-def _reason() -> str | None:
-    try:
-        require_tools()
-    except TestbedError as err:
-        return str(err)
-    return None
-
-
-_REASON = _reason()
+_REASON = unavailable_reason()
 pytestmark = [pytest.mark.slow, pytest.mark.root,
               pytest.mark.skipif(_REASON is not None, reason=f"testbed unavailable (needs root and iproute2): "
                                                             f"{_REASON}")]

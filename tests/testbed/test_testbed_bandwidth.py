@@ -7,19 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from layeredge_dist.testbed import Testbed, TestbedError, require_tools
+from layeredge_dist.testbed import Testbed, unavailable_reason
 from layeredge_dist.testbed.bandwidth import measure_bandwidth
 
 
-def _reason() -> str | None:
-    try:
-        require_tools()
-    except TestbedError as err:
-        return str(err)
-    return None
-
-
-_REASON = _reason()
+_REASON = unavailable_reason()
 pytestmark = [pytest.mark.root, pytest.mark.skipif(_REASON is not None, reason=f"testbed unavailable: {_REASON}")]
 
 

@@ -13,18 +13,10 @@ import subprocess
 
 import pytest
 
-from layeredge_dist.testbed import TestbedError, list_testbeds, require_tools
+from layeredge_dist.testbed import list_testbeds, unavailable_reason
 
 
-def _reason() -> str | None:
-    try:
-        require_tools()
-    except TestbedError as err:
-        return str(err)
-    return None
-
-
-_REASON = _reason()
+_REASON = unavailable_reason()
 pytestmark = [pytest.mark.root, pytest.mark.slow,
               pytest.mark.skipif(_REASON is not None, reason=f"testbed unavailable: {_REASON}")]
 
