@@ -11,6 +11,8 @@ The report: bytes per edge and step before / after, validation loss before pruni
 fine-tuning and of the unpruned model fine-tuned alike, and the bytes of shipping every stage's pruned weights
 (int8 / int4, sparse) to another process over the edge transport. Written: ``<out>/model.safetensors`` and
 ``<out>/pruned.yaml``; ``layeredge train --config <out>/pruned.yaml`` trains the pruned model on Ray.
+``--finetune-on pipeline`` runs the recovery fine-tuning itself on the run's Ray pipeline (the pruned weights
+pushed to the stage actors over the edge transport, checksums verified) instead of in this process.
 """
 
 from __future__ import annotations
@@ -60,6 +62,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "--weight-codec)")
     p.add_argument("--ship", choices=("process", "thread", "none"), default="process",
                    help="where the weight receiver runs: another process (default), a thread, or no shipping")
+    p.add_argument("--finetune-on", choices=("local", "pipeline"), default="local",
+                   help="fine-tune the pruned model in this process (default) or through the Ray pipeline of the "
+                   "run config (its weights pushed to the stages; needs --projection-lr-scale 1 and no weight "
+                   "pruning)")
+    p.add_argument("--push-codec", default="fp32",
+                   help="codec of the weights pushed to the pipeline with --finetune-on pipeline (default fp32)")
     p.add_argument("--out", default=None, help="output directory (default <run_dir>/pruned)")
     p.set_defaults(func=run)
 
@@ -78,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
                             train_steps=args.train_steps, calib_batches=args.calib_batches,
                             eval_batches=args.eval_batches, curve=curve, weight_codec=args.weight_codec,
                             sparse_codec=args.sparse_codec, ship=args.ship, out_dir=args.out,
-                            use_checkpoint=not args.no_checkpoint)
+                            use_checkpoint=not args.no_checkpoint, finetune_on=args.finetune_on,
+                            push_codec=args.push_codec)
     except (ConfigError, OSError, ValueError) as err:
         print(f"layeredge: {err}", file=sys.stderr)
         return 2
@@ -126,6 +135,12 @@ def format_report(r: Mapping[str, Any]) -> str:
               f"  after {r['finetune']['steps']} fine-tuning steps {loss['finetuned']:.4f}",
               f"  unpruned, same extra steps {loss['unpruned_finetuned']:.4f}  "
               f"(gap {loss['gap_vs_unpruned_finetuned']:+.2%})"]
+    ft = r["finetune"].get("pipeline")
+    if ft:
+        lines.append(f"  fine-tuned on the Ray pipeline ({ft['nodes']} node(s), {ft['train_seconds']:.1f} s); "
+                     f"pruned weights pushed as {ft['push']['codec']}: {_mb(ft['push']['raw_bytes'])} MB -> "
+                     f"{_mb(ft['push']['wire_bytes'])} MB on the wire; pipeline validation loss "
+                     f"{ft['val_loss_pipeline']:.4f}")
     if r.get("weights"):
         w = r["weights"]
         lines.append(f"weights: {w['method']} on {w['tensors']} tensors, sparsity {w['sparsity_masked']:.1%} of the "

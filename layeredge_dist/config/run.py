@@ -159,12 +159,22 @@ class PipelineConfig(_Section):
         default=1,
         metadata={"help": "model chunks per stage; integer >= 1, and must be 1 unless schedule is interleaved"},
     )
+    weight_codec: str | None = field(
+        default=None,
+        metadata={
+            "help": "deployment of model.weights: null = every stage reads its share of the file; a codec spec "
+            "(fp32, bf16, int8, int4) = the driver reads the file once and pushes each stage its share over the "
+            "edge transport in that codec, checksums verified by the stage (int8/int4 are lossy)"
+        },
+    )
 
     def _validate(self) -> None:
         v.at_least(self._path("stages"), self.stages, 1)
         v.one_of(self._path("schedule"), self.schedule, SCHEDULES)
         v.at_least(self._path("microbatches"), self.microbatches, 1)
         v.at_least(self._path("chunks"), self.chunks, 1)
+        if self.weight_codec is not None:
+            v.non_empty(self._path("weight_codec"), self.weight_codec)
         if self.chunks != 1 and self.schedule != "interleaved":
             raise v.fail(
                 self._path("chunks"), f"1 with schedule {self.schedule!r}", self.chunks,

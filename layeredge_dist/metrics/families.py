@@ -129,6 +129,18 @@ FAMILIES: tuple[Family, ...] = (
            "1 if the stage is alive and serving, 0 otherwise.", ("stage",)),
     Family("stage_restarts", "layeredge_stage_restarts_total", "counter",
            "Times the stage was restarted.", ("stage",)),
+    # --- weights pushed to a stage (deployment, fine-tuned weights, re-shipping after a restart) -----------------
+    Family("weight_raw_bytes", "layeredge_weight_raw_bytes_total", "counter",
+           "Bytes of the original tensors of weight pushes the stage received and verified.", ("stage",), "bytes"),
+    Family("weight_wire_bytes", "layeredge_weight_wire_bytes_total", "counter",
+           "Bytes read from the wire for weight pushes the stage received and verified (payload, header, framing).",
+           ("stage",), "bytes"),
+    Family("weight_transfer_seconds", "layeredge_weight_transfer_seconds", "histogram",
+           "Seconds from waiting for a weight push's first frame to its last checksum verified, per push.",
+           ("stage",), "seconds", TRANSFER_BUCKETS),
+    Family("weight_rejected", "layeredge_weight_rejected_total", "counter",
+           "Weight pushes the stage rejected (nothing loaded), by reason: checksum, shape or other.",
+           ("stage", "reason")),
     # --- runs ---------------------------------------------------------------------------------------------------
     Family("run_step", "layeredge_run_step", "gauge",
            "Current step number of the run (a value, never a label).", ("run",)),

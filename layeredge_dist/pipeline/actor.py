@@ -93,6 +93,16 @@ class StageActor:
         self.stage.load_checkpoint(directory, step)
         return self.stage.steps_done
 
+    def receive_weights(self, seq: int) -> dict[str, Any]:
+        """Receive and verify a weight push from the driver (held until :meth:`commit_weights`)."""
+        return self.stage.receive_weights(seq)
+
+    def commit_weights(self, seq: int) -> None:
+        self.stage.commit_weights(seq)
+
+    def discard_weights(self) -> None:
+        self.stage.discard_weights()
+
     def parameters(self) -> list[dict[str, torch.Tensor]]:
         return self.stage.parameters()
 

@@ -6,13 +6,19 @@ neighbours, and runs calls: model inputs go to stage 0 and losses / outputs come
 the edge transport (the driver is pseudo-stage ``P`` there). A stage that dies or hangs is detected while the
 driver waits and reported as :class:`StageFailure` naming the stage; :meth:`Pipeline.recover` waits for Ray to
 restart it (``max_restarts``), rewires everyone and lets the caller reload a checkpoint.
+
+Weights can be pushed from the driver to the stages over the same edge transport (:meth:`Pipeline.push_weights`:
+int8 / int4 blockwise, bf16, sparse encodings of :mod:`layeredge_dist.prune.transfer`, every tensor's checksum
+verified by the receiving stage, all stages or none loading): at deployment (``Placement.weight_codec``: the
+driver reads ``model.weights`` once and ships every stage its share instead of every stage reading the file), to
+put fine-tuned weights on an inference pipeline, and again to a stage Ray restarted (:meth:`Pipeline.recover`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,7 +27,9 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from layeredge_dist.model import Batch, split_batch
+from layeredge_dist.model import Batch, partition_specs, split_batch
+from layeredge_dist.model.weights import read_partition_state
+from layeredge_dist.prune.transfer import EncodedState, TransferPolicy, encode_state
 from layeredge_dist.stage import EdgeCodecs, Host, Mode, StageSpec, StepReport, write_manifest
 from layeredge_dist.transport import ProbeResult, TransportError
 from layeredge_dist.types import EdgeStats
@@ -42,6 +50,17 @@ class StageFailure(RuntimeError):
         self.stage = stage
 
 
+class WeightTransferError(RuntimeError):
+    """A weight push failed: a stage rejected what it decoded (checksum mismatch naming the tensor, a state that
+    does not fit its partition), a frame did not arrive, or the transport failed. No stage loaded anything; the
+    pipeline keeps its previous weights and stays usable. ``stage`` is the first stage that failed (None:
+    unknown)."""
+
+    def __init__(self, stage: int | None, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
 @dataclass(frozen=True)
 class Placement:
     """Ray resources and supervision of the stage actors. Seconds for timeouts."""
@@ -52,6 +71,29 @@ class Placement:
     max_restarts: int = 1
     start_timeout_s: float = 120.0
     step_timeout_s: float = 300.0
+    #: Deployment of ``model.weights``: None = every stage reads its share of the file itself; a codec spec
+    #: (``fp32``, ``bf16``, ``int8``, ``int4`` ...) = the driver reads the file once and pushes every stage its
+    #: share in that codec over the edge transport (:meth:`Pipeline.push_weights`; lossy for int8 / int4).
+    weight_codec: str | None = None
+
+
+@dataclass(frozen=True)
+class WeightPush:
+    """What one weight push moved. ``stages``: per receiving stage, ``{stage, chunks, tensors, raw_bytes,
+    wire_bytes, seconds, verify_s}`` as the stage measured it (wire bytes include headers and framing; seconds from
+    waiting for the first frame to the last checksum verified). Bytes; seconds."""
+
+    codec: str
+    stages: list[dict[str, Any]]
+    raw_bytes: int
+    payload_bytes: int
+    wire_bytes: int
+    seconds: float
+
+    @property
+    def ratio(self) -> float:
+        """Raw bytes over wire bytes (inf for an empty push)."""
+        return self.raw_bytes / self.wire_bytes if self.wire_bytes else float("inf")
 
 
 @dataclass(frozen=True)
@@ -89,6 +131,12 @@ class Pipeline:
         self.seq = 0
         self._serve_refs: list[Any] = []
         self._serve_session = 0
+        #: The last weights pushed to each virtual stage (encoded), re-shipped to a stage Ray restarts.
+        self._pushed: list[EncodedState | None] = [None] * (self.num_stages * base.chunks)
+        #: The deployment push (``placement.weight_codec`` with ``model.weights`` set), else None.
+        self.deployment: WeightPush | None = None
+        deploy = placement.weight_codec is not None and base.model.weights is not None
+        stage_base = replace(base, model=replace(base.model, weights=None)) if deploy else base
         try:
             try:
                 ray.get(self.pg.ready(), timeout=placement.start_timeout_s)
@@ -101,10 +149,13 @@ class Pipeline:
                     num_cpus=placement.cpus_per_stage, num_gpus=placement.gpus_per_stage,
                     max_restarts=placement.max_restarts, max_task_retries=0,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=s),
-                ).remote(replace(base, index=s)))
+                ).remote(replace(stage_base, index=s)))
             self.host = Host(self.num_stages, base.transport, bind=self.driver_ip, timeout_s=base.recv_timeout_s)
             self.infos = self._wait_alive(range(self.num_stages))
             self._wire()
+            if deploy:
+                assert placement.weight_codec is not None
+                self.deployment = self.push_weights(None, placement.weight_codec)
         except BaseException:
             self.close()
             raise
@@ -146,7 +197,7 @@ class Pipeline:
         peers = self.peers()
         self._gather("reset", peers)
         self.host.reset()
-        self.host.connect(peers[0], peers[self.num_stages - 1])
+        self.host.connect(peers[0], peers[self.num_stages - 1], {s: peers[s] for s in range(self.num_stages)})
 
     # ---- calls ----------------------------------------------------------------------------------------------
 
@@ -307,9 +358,137 @@ class Pipeline:
 
     def recover(self) -> None:
         """After a StageFailure: wait until every stage answers again (Ray restarts dead ones), let the running
-        calls end, then rewire. Raises StageFailure when a stage stays dead past ``start_timeout_s``."""
+        calls end, then rewire. A restarted stage built its partition from its spec, so when weights were pushed
+        before (at deployment or by :meth:`push_weights`) the last push is re-shipped to every restarted stage
+        (a training loop then reloads its checkpoint on top). Raises StageFailure when a stage stays dead past
+        ``start_timeout_s``, WeightTransferError when the re-shipped weights are rejected."""
+        before = [(i.get("node_id"), i.get("pid")) for i in self.infos]
         self.infos = self._wait_alive(range(self.num_stages))
         self._wire()
+        restarted = [s for s, i in enumerate(self.infos) if (i.get("node_id"), i.get("pid")) != before[s]]
+        if restarted and any(b is not None for b in self._pushed):
+            self.push_encoded(self._pushed, restarted)
+
+    # ---- weights --------------------------------------------------------------------------------------------
+
+    def file_states(self) -> list[dict[str, torch.Tensor]]:
+        """Per virtual stage (chunk-major ``v = c * P + s``): its share of ``model.weights``, read here on the
+        driver (safetensors reads only the tensors asked for). Raises ValueError when the model has no weights
+        file, FileNotFoundError when it is missing."""
+        return [read_partition_state(ps) for ps in partition_specs(self.base.model, self.base.cuts)]
+
+    def push_weights(self, states: Sequence[Mapping[str, torch.Tensor]] | None = None,
+                     codec: str | TransferPolicy = "int8",
+                     masks: Sequence[Mapping[str, torch.Tensor] | None] | None = None) -> WeightPush:
+        """Load ``states`` into the stages, shipped compressed over the edge transport.
+
+        ``states``: one partition state dict per virtual stage in chunk-major order (what :meth:`parameters`
+        returns, e.g. of a training pipeline whose fine-tuned weights go to this inference pipeline); None = the
+        shares of ``model.weights`` read on the driver (:meth:`file_states`). ``codec``: the codec of float
+        tensors (``fp32`` and ``bf16`` casts, blockwise ``int8`` / ``int4``: every element within ``absmax(block)
+        / 255`` resp. ``/ 15`` of the original), or a full :class:`~layeredge_dist.prune.transfer.TransferPolicy`;
+        ``masks`` (per virtual stage, True = kept) send pruned tensors as sparse indices + values (mostly-zero
+        matrices are detected anyway). Encoding is :func:`~layeredge_dist.prune.transfer.encode_state`; see
+        :meth:`push_encoded` for the transfer, its guarantees and errors. Raises CodecError for a bad codec,
+        ValueError for a wrong number of states.
+        """
+        n = self.num_stages * self.base.chunks
+        if states is None:
+            states = self.file_states()
+        if len(states) != n or (masks is not None and len(masks) != n):
+            raise ValueError(f"push_weights needs one state (and mask set) per virtual stage ({n}), got "
+                             f"{len(states)}{'' if masks is None else f' and {len(masks)}'}")
+        policy = codec if isinstance(codec, TransferPolicy) else TransferPolicy(codec)
+        bundles: list[EncodedState | None] = [
+            encode_state(st, policy, masks[v] if masks is not None else None) for v, st in enumerate(states)]
+        return self.push_encoded(bundles)
+
+    def push_encoded(self, bundles: Sequence[EncodedState | None], stages: Sequence[int] | None = None
+                     ) -> WeightPush:
+        """Ship already encoded weights (one bundle per virtual stage, chunk-major) to ``stages`` (default all).
+
+        Two phases, so that all stages load or none does: every target stage receives its bundles from the
+        driver's host endpoint (``TensorRole.WEIGHT`` frames, call number ``seq``), decodes them with the codec
+        each frame names, verifies every tensor's checksum and checks the state fits its partition; only when
+        every stage succeeded do they all load (strictly) and restart their optimizers. Receiving stages export
+        ``layeredge_weight_{raw,wire}_bytes_total`` and ``layeredge_weight_transfer_seconds``.
+
+        Raises WeightTransferError (the pipeline keeps its previous weights and stays usable) when a stage
+        rejects its weights, e.g. ``weight 'blocks.0.attn.qkv.weight' [96, 32]: checksum of the decoded tensor
+        is ..., the sender's is ...``, or a frame cannot be sent or does not arrive; StageFailure when a stage
+        dies; RuntimeError while serving.
+        """
+        assert self.host is not None
+        if self._serve_refs:
+            raise RuntimeError("cannot push weights while serving; leave serving() first")
+        targets = sorted(set(range(self.num_stages) if stages is None else stages))
+        chunks = self.base.chunks
+        per_stage = {s: [bundles[c * self.num_stages + s] for c in range(chunks)] for s in targets}
+        missing = [s for s, b in per_stage.items() if any(x is None for x in b)]
+        if missing:
+            raise ValueError(f"no weights to push to stages {missing}")
+        self.seq += 1
+        seq = self.seq
+        t0 = time.perf_counter()
+        refs = {s: self.actors[s].receive_weights.remote(seq) for s in targets}
+        failure: WeightTransferError | None = None
+        for s in targets:
+            try:
+                self.host.send_weights(s, seq, per_stage[s])  # type: ignore[arg-type]
+            except Exception as err:  # noqa: BLE001 - any send failure aborts the whole push
+                failure = WeightTransferError(s, f"weight push {seq}: sending to stage {s} failed: "
+                                                 f"{type(err).__name__}: {err}")
+                self._abort_all(seq)
+                break
+        results: dict[int, dict[str, Any]] = {}
+        for s, ref in refs.items():
+            try:
+                results[s] = ray.get(ref, timeout=self.placement.step_timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                self._abort_all(seq)
+                failure = failure or WeightTransferError(s, f"weight push {seq}: stage {s} did not verify its "
+                                                            f"weights in {self.placement.step_timeout_s:.0f} s")
+            except ray.exceptions.RayActorError as err:
+                self._abort_all(seq)
+                self._discard(targets)
+                raise self._failure(s, err) from err
+            except ray.exceptions.RayError as err:
+                cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) else err
+                if failure is None:
+                    self._abort_all(seq)  # the others stop waiting for frames that may never come
+                    failure = WeightTransferError(s, f"weight push {seq} rejected by stage {s}, nothing loaded: "
+                                                     f"{type(cause).__name__}: {cause}")
+        if failure is not None:
+            self._discard(targets)
+            raise failure
+        for s in targets:
+            try:
+                ray.get(self.actors[s].commit_weights.remote(seq), timeout=self.placement.step_timeout_s)
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as err:
+                raise self._failure(s, err) from err
+        for s in targets:
+            for c in range(chunks):
+                self._pushed[c * self.num_stages + s] = per_stage[s][c]
+        try:
+            self.host.endpoint.flush(5.0)
+        except TransportError:
+            pass
+        rows = [results[s] for s in targets]
+        pushed = [b for s in targets for b in per_stage[s] if b is not None]
+        specs = sorted({p.spec for b in pushed for p in b.parts if p.spec != "raw"})
+        return WeightPush(codec="+".join(specs) or "raw", stages=rows,
+                          raw_bytes=sum(r["raw_bytes"] for r in rows), payload_bytes=sum(b.nbytes for b in pushed),
+                          wire_bytes=sum(r["wire_bytes"] for r in rows), seconds=time.perf_counter() - t0)
+
+    def _discard(self, stages: Sequence[int]) -> None:
+        """Make ``stages`` drop weights they received but did not load; ignore stages that are dead."""
+        refs = []
+        for s in stages:
+            try:
+                refs.append(self.actors[s].discard_weights.remote())
+            except Exception:  # noqa: BLE001 - a dead actor holds nothing
+                pass
+        ray.wait(refs, num_returns=len(refs), timeout=self.placement.step_timeout_s)
 
     # ---- state ----------------------------------------------------------------------------------------------
 

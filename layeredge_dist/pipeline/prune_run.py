@@ -20,6 +20,12 @@
    or frozen (0) under 2 %. For a fair comparison the unpruned baseline is fine-tuned the same steps on the same batches
    with the same optimizer settings; both validation losses are reported. With ``curve`` the projection alone is
    measured for several ranks (edge bytes vs validation loss, with and without fine-tuning).
+   With ``finetune_on="pipeline"`` the pruned model's recovery runs through the real Ray pipeline instead
+   (:func:`finetune_on_pipeline`: stage actors built from the pruned config, the pruned weights pushed to them with
+   :meth:`~layeredge_dist.pipeline.driver.Pipeline.push_weights`, the same steps on the same batches, the
+   fine-tuned weights fetched back); the validation losses are computed the same way. The pipeline's optimizer
+   has one learning rate and keeps no weight masks, so that mode needs ``projection_lr_scale == 1`` and no weight
+   pruning; the unpruned reference and the curve are fine-tuned in this process.
 5. **Transfer**: every stage's pruned state is encoded (:func:`~layeredge_dist.prune.transfer.encode_state`: int8
    / int4 blockwise, sparse indices + values for pruned tensors, XXH3 checksums of the decoded tensors) and
    shipped to another process over the real edge transport with ``TensorRole.WEIGHT``
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import multiprocessing
 import secrets
 import threading
@@ -87,6 +94,7 @@ from layeredge_dist.types import Direction, TensorRole
 
 Log = Callable[[str], None]
 SHIP_MODES = ("process", "thread", "none")
+FINETUNE_ON = ("local", "pipeline")
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,10 @@ class PruneOptions:
     ship: str = "process"
     out_dir: str | None = None
     use_checkpoint: bool = True
+    #: Where the pruned model is fine-tuned: ``local`` (this process) or ``pipeline`` (the run's Ray pipeline).
+    finetune_on: str = "local"
+    #: Codec of the weight push to the pipeline with ``finetune_on="pipeline"`` (fp32: lossless).
+    push_codec: str = "fp32"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.cut_rank <= 1.0:
@@ -132,6 +144,16 @@ class PruneOptions:
             raise ValueError(f"unknown weight pruning method {self.weight_method!r}; expected magnitude, taylor or "
                              "N:M like 2:4")
         TransferPolicy(self.weight_codec, sparse_codec=self.sparse_codec)  # CodecError (a ValueError) if bad
+        TransferPolicy(self.push_codec)
+        if self.finetune_on not in FINETUNE_ON:
+            raise ValueError(f"finetune_on must be one of {FINETUNE_ON}, got {self.finetune_on!r}")
+        if self.finetune_on == "pipeline":
+            if self.projection_lr_scale != 1.0:
+                raise ValueError("fine-tuning on the pipeline trains every parameter at one learning rate: set the "
+                                 f"projection lr scale to 1 (got {self.projection_lr_scale})")
+            if self.weight_sparsity > 0 or ":" in self.weight_method:
+                raise ValueError("fine-tuning on the pipeline keeps no weight masks: prune weights with "
+                                 "finetune_on='local'")
 
 
 # ---- baseline and training ------------------------------------------------------------------------------------
@@ -225,6 +247,50 @@ def finetune(parts: Sequence[Partition], workload: Workload, optimizer: Optimize
         for p in frozen:
             p.requires_grad_(True)
     return losses
+
+
+def finetune_on_pipeline(cfg: RunConfig, spec: StageSpec, parts: Sequence[Partition], workload: Workload,
+                         optimizer: OptimizerSpec, start_step: int, steps: int, held: Sequence[Any],
+                         push_codec: str = "fp32", log: Log = lambda _t: None) -> tuple[list[float], dict[str, Any]]:
+    """:func:`finetune` through the run's Ray pipeline: connect to the cluster (``cluster.*`` as ``layeredge
+    train``), start one stage actor per partition from the partitions' (pruned) model config, push ``parts``'
+    weights with ``push_codec`` (:meth:`Pipeline.push_weights`, checksums verified by the stages), train
+    ``steps`` steps on the batches of steps ``start_step ..`` with ``optimizer``, evaluate ``held`` on the
+    pipeline and load the fine-tuned weights back into ``parts``.
+
+    Returns the per-step training losses and ``{push: {codec, raw_bytes, wire_bytes, ratio, seconds},
+    train_seconds, val_loss_pipeline, nodes}``. Raises StageFailure / WeightTransferError / ClusterError from the
+    pipeline.
+    """
+    from . import setup
+    from .cluster import connect
+    from .driver import Pipeline
+    from .train import evaluate
+
+    model = dataclasses.replace(parts[0].spec.model, weights=None)  # the pruned config; weights are pushed
+    base = dataclasses.replace(spec, model=model, optimizer=optimizer)
+    c = cfg.cluster
+    per_node = math.ceil(base.num_stages / max(1, c.nodes))
+    with connect(c.address, c.nodes, max(c.cpus_per_stage * per_node, c.cpus_per_stage), c.gpus_per_stage * per_node,
+                 c.start_timeout_s) as info:
+        with Pipeline(base, dataclasses.replace(setup.placement(cfg), weight_codec=None)) as pipe:
+            push = pipe.push_weights([p.state_dict() for p in parts], push_codec)
+            log(f"pipeline of {base.num_stages} stages on {info.num_nodes} node(s): pushed the pruned weights "
+                f"({push.codec}, {push.raw_bytes / 1e6:.3f} MB -> {push.wire_bytes / 1e6:.3f} MB on the wire, "
+                f"checksums verified); fine-tuning {steps} steps ...")
+            t0 = time.perf_counter()
+            losses = []
+            for step in range(start_step, start_step + steps):
+                res = pipe.call(workload.batch(step), "train")
+                losses.append(float(torch.stack([o.float() for o in res.outputs]).mean()))
+            train_s = time.perf_counter() - t0
+            val = evaluate(pipe, list(held)) if held else None
+            states = pipe.parameters()
+    for part, state in zip(parts, states):
+        part.load_state_dict(state, strict=True)
+    return losses, {"push": {"codec": push.codec, "raw_bytes": push.raw_bytes, "wire_bytes": push.wire_bytes,
+                             "ratio": push.ratio, "seconds": push.seconds},
+                    "train_seconds": train_s, "val_loss_pipeline": val, "nodes": info.num_nodes}
 
 
 # ---- cuts -----------------------------------------------------------------------------------------------------
@@ -520,8 +586,13 @@ def run(cfg: RunConfig, opts: PruneOptions, log: Log = lambda _t: None) -> dict[
     log(f"after pruning: {loss_pruned:.4f}; fine-tuning {opts.finetune_steps} steps ...")
 
     # recovery, and the fair reference
-    ft_losses = finetune(pruned, workload, optimizer, start, opts.finetune_steps, m, masks,
-                         opts.projection_lr_scale)
+    on_pipeline: dict[str, Any] | None = None
+    if opts.finetune_on == "pipeline" and opts.finetune_steps > 0:
+        ft_losses, on_pipeline = finetune_on_pipeline(cfg, spec, pruned, workload, optimizer, start,
+                                                      opts.finetune_steps, held, opts.push_codec, log)
+    else:
+        ft_losses = finetune(pruned, workload, optimizer, start, opts.finetune_steps, m, masks,
+                             opts.projection_lr_scale)
     loss_ft = val_loss(pruned, held)
     if weights is not None:  # the masks held through every optimizer step
         after = [sparsity_report(p, mk) for p, mk in zip(pruned, masks)]
@@ -584,6 +655,7 @@ def run(cfg: RunConfig, opts: PruneOptions, log: Log = lambda _t: None) -> dict[
                  "finetuned": loss_ft, "unpruned_finetuned": loss_ref,
                  "gap_vs_unpruned_finetuned": loss_ft / loss_ref - 1.0, "gap_vs_baseline": loss_ft / loss_base - 1.0},
         "finetune": {"steps": opts.finetune_steps, "start_step": start, "lr": optimizer.lr,
+                     "on": opts.finetune_on, "pipeline": on_pipeline,
                      "projection_lr_scale": opts.projection_lr_scale,
                      "optimizer": optimizer.name,
                      "train_loss_first": ft_losses[0] if ft_losses else None,

@@ -60,10 +60,11 @@ def stage_spec(cfg: RunConfig, token: str | None = None) -> StageSpec:
 
 
 def placement(cfg: RunConfig) -> Placement:
-    """Ray resources and supervision of the stage actors."""
+    """Ray resources and supervision of the stage actors, and how ``model.weights`` is deployed
+    (``pipeline.weight_codec``)."""
     c = cfg.cluster
     return Placement(c.cpus_per_stage, c.gpus_per_stage, c.placement, c.max_restarts, c.start_timeout_s,
-                     c.step_timeout_s)
+                     c.step_timeout_s, weight_codec=cfg.pipeline.weight_codec)
 
 
 def workload(cfg: RunConfig, synthetic: bool = False) -> Workload:

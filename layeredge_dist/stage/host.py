@@ -1,11 +1,13 @@
-"""The driver's end of the edge transport: model inputs into stage 0, losses / outputs out of the last stage."""
+"""The driver's end of the edge transport: model inputs into stage 0, losses / outputs out of the last stage,
+weights pushed to any stage."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from layeredge_dist.prune.transfer import EncodedState
 from layeredge_dist.transport import TransportConfig
 from layeredge_dist.types import TensorRole
 
@@ -31,9 +33,21 @@ class Host:
         """Where the last stage sends results."""
         return self.endpoint.address
 
-    def connect(self, stage0: str, last: str) -> None:
-        """Addresses of stage 0 (inputs go there) and of the last stage."""
-        self.endpoint.connect({0: stage0, self.num_stages - 1: last})
+    def connect(self, stage0: str, last: str, others: Mapping[int, str] | None = None) -> None:
+        """Addresses of stage 0 (inputs go there) and of the last stage; ``others`` (stage index -> address) adds
+        the stages in between, needed only to push weights to them."""
+        self.endpoint.connect(dict(others or {}) | {0: stage0, self.num_stages - 1: last})
+
+    def send_weights(self, stage: int, seq: int, bundles: Sequence[EncodedState]) -> None:
+        """Queue weight push ``seq`` for ``stage``: every bundle (one per local chunk, in chunk order) as its
+        manifest and then its parts, each in the codec the bundle chose, on consecutive wire micro-batches with
+        ``TensorRole.WEIGHT``. Returns before delivery; raises the transport's errors (PeerUnavailable,
+        DeadlineExceeded after ``timeout_s`` of back-pressure, ...) and CodecError."""
+        mb = 0
+        for bundle in bundles:
+            for part in bundle.frames():
+                self.endpoint.send(stage, TensorRole.WEIGHT, seq, mb, part.source, part.spec, self.timeout_s)
+                mb += 1
 
     def send_inputs(self, seq: int, inputs: Sequence[torch.Tensor]) -> None:
         """Queue micro-batch ``i``'s model input for stage 0 (raw codec, any dtype); returns before delivery."""

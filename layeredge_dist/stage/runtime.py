@@ -23,6 +23,7 @@ from layeredge_dist.measure import ProxyAccumulator
 from layeredge_dist.metrics import Metrics, start_exporter
 from layeredge_dist.model import Partition, SavedForward, build_partition, stage_backward, stage_forward
 from layeredge_dist.model.family import Side
+from layeredge_dist.prune.transfer import WeightChecksumError, assemble, load_manifest
 from layeredge_dist.schedule import (
     Backward,
     Forward,
@@ -34,7 +35,7 @@ from layeredge_dist.schedule import (
     SendGrad,
 )
 from layeredge_dist.transport import ProbeResult, TransportError, probe
-from layeredge_dist.types import EdgeId, EdgeStats, TensorRole
+from layeredge_dist.types import Direction, EdgeId, EdgeStats, TensorRole
 
 from . import checkpoint
 from .endpoint import Endpoint
@@ -119,8 +120,7 @@ class Stage:
                 self._ties = [(pre_key, spec.num_stages - 1) for _, pre_key in ties]
             elif spec.index == spec.num_stages - 1:
                 self._ties = [(post_key, 0) for post_key, _ in ties]
-        params = [p for part in self.parts for p in part.parameters()]
-        self.optimizer = spec.optimizer.build(params) if params else _NoOptimizer()
+        self.optimizer = self._build_optimizer()
         self.metrics = Metrics() if spec.metrics else None
         self.exporter = start_exporter(self.metrics, bind, 0) if self.metrics is not None else None
         self.endpoint = Endpoint(spec.index, spec.transport, bind, self.metrics)
@@ -135,6 +135,12 @@ class Stage:
         self.steps_done = 0  # optimizer steps taken (restored from checkpoints)
         self._proxies: dict[EdgeId, ProxyAccumulator] = {}
         self.wired = False  # set by connect(): a restarted stage refuses calls until the driver rewires it
+        self._pending_weights: tuple[int, list[dict[str, torch.Tensor]]] | None = None  # (push seq, per chunk)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        """A fresh optimizer over every parameter of this stage's partitions."""
+        params = [p for part in self.parts for p in part.parameters()]
+        return self.spec.optimizer.build(params) if params else _NoOptimizer()
 
     # ---- wiring ---------------------------------------------------------------------------------------------
 
@@ -431,6 +437,92 @@ class Stage:
         self.endpoint.load_codec_state(state["codec_state"])
         self.steps_done = int(state["steps_done"])
 
+    # ---- weights pushed by the driver -----------------------------------------------------------------------
+
+    def _weight_wire_bytes(self) -> int:
+        """Wire bytes of WEIGHT frames received from the host so far (payload, header and framing)."""
+        host_edge = edge(self.spec.host, self.spec.index)
+        return sum(s.wire_bytes for s in self.endpoint.meter.snapshot()
+                   if s.role is TensorRole.WEIGHT and s.direction is Direction.RECV and s.edge == host_edge)
+
+    def receive_weights(self, seq: int, timeout_s: float | None = None) -> dict[str, Any]:
+        """First half of a weight push: receive, decode and verify this stage's weights, and hold them.
+
+        The driver sends, on the host edge with ``TensorRole.WEIGHT`` and call number ``seq``, one
+        :func:`~layeredge_dist.prune.transfer.encode_state` bundle per local chunk: the manifest, then its parts,
+        wire micro-batches numbered on across chunks. Every tensor's checksum is verified and the state must fit
+        the partition exactly (same keys and shapes); only then is it kept until :meth:`commit_weights`. Nothing
+        is loaded here, so a failure leaves the current weights untouched.
+
+        Returns ``{stage, chunks, tensors, raw_bytes, wire_bytes, seconds, verify_s}`` (bytes; seconds from the
+        first frame wanted to the last checksum verified). Raises
+        :class:`~layeredge_dist.prune.transfer.WeightChecksumError` naming the tensor (a corrupted or
+        mis-decoded weight, a malformed manifest), StageError when the state does not fit the partition,
+        PeerTimeout after ``timeout_s`` (default ``spec.recv_timeout_s``) seconds without a frame and
+        StepAborted after :meth:`abort`; each failure is counted in ``layeredge_weight_rejected_total``.
+        """
+        timeout = timeout_s if timeout_s is not None else self.spec.recv_timeout_s
+        host, index = self.spec.host, self.spec.index
+        self._pending_weights = None
+        wire_before = self._weight_wire_bytes()
+        t0 = time.perf_counter()
+        states: list[dict[str, torch.Tensor]] = []
+        raw = tensors_total = 0
+        verify_s = 0.0
+        mb = 0
+        try:
+            for c, part in enumerate(self.parts):
+                manifest = load_manifest(self.endpoint.receive(
+                    host, TensorRole.WEIGHT, seq, mb, timeout, f"weight manifest of chunk {c} from the host"))
+                count = int(manifest["parts"])
+                tensors = [self.endpoint.receive(host, TensorRole.WEIGHT, seq, mb + 1 + i, timeout,
+                                                 f"weight part {i} of chunk {c} from the host")
+                           for i in range(count)]
+                mb += 1 + count
+                t1 = time.perf_counter()
+                state = assemble(manifest, tensors)  # WeightChecksumError naming the tensor
+                _check_fits(part, state, index, c)
+                verify_s += time.perf_counter() - t1
+                states.append(state)
+                raw += int(manifest["raw_bytes"])
+                tensors_total += len(state)
+        except BaseException as err:
+            if self.metrics is not None:
+                reason = "checksum" if isinstance(err, WeightChecksumError) else (
+                    "shape" if isinstance(err, StageError) else "other")
+                self.metrics.labelled("weight_rejected", f"s{index}", reason).inc()
+            if isinstance(err, WeightChecksumError):
+                raise WeightChecksumError(f"stage {index}: {err}") from None
+            raise
+        seconds = time.perf_counter() - t0
+        wire = self._weight_wire_bytes() - wire_before
+        if self.metrics is not None:
+            stage = f"s{index}"
+            self.metrics.labelled("weight_raw_bytes", stage).inc(raw)
+            self.metrics.labelled("weight_wire_bytes", stage).inc(wire)
+            self.metrics.labelled("weight_transfer_seconds", stage).observe(seconds)
+        self._pending_weights = (seq, states)
+        return {"stage": index, "chunks": len(states), "tensors": tensors_total, "raw_bytes": raw,
+                "wire_bytes": wire, "seconds": seconds, "verify_s": verify_s}
+
+    def commit_weights(self, seq: int) -> None:
+        """Second half of a weight push: load the weights :meth:`receive_weights` verified for push ``seq``
+        (strictly: every key, no extra) and start a fresh optimizer (its moments belonged to the old weights).
+        Raises StageError, loading nothing, when no verified weights of push ``seq`` are held."""
+        pending = self._pending_weights
+        if pending is None or pending[0] != seq:
+            raise StageError(f"stage {self.spec.index}: no verified weights of push {seq} to load "
+                             f"(held: {None if pending is None else pending[0]})")
+        with torch.no_grad():
+            for part, state in zip(self.parts, pending[1]):
+                part.load_state_dict(state, strict=True)
+        self.optimizer = self._build_optimizer()
+        self._pending_weights = None
+
+    def discard_weights(self) -> None:
+        """Drop weights received but not committed (another stage rejected the same push)."""
+        self._pending_weights = None
+
     def save_checkpoint(self, directory: str, step: int) -> str:
         """Atomically write this stage's state after optimizer step ``step``; returns the file path."""
         return str(checkpoint.save_stage(directory, step, self.spec.index, self.state()))
@@ -483,3 +575,15 @@ class Stage:
         self.endpoint.close()
         if self.exporter is not None:
             self.exporter.close()
+
+
+def _check_fits(part: Partition, state: Mapping[str, torch.Tensor], stage: int, chunk: int) -> None:
+    """StageError unless ``state`` has exactly the keys and shapes of ``part``'s state dict."""
+    own = part.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    shapes = [f"{k}: {list(state[k].shape)} for {list(v.shape)}" for k, v in own.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        raise StageError(f"stage {stage} chunk {chunk}: pushed weights do not fit the partition: missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {shapes[:5]}; nothing loaded")
