@@ -45,7 +45,6 @@ import math
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -249,43 +248,32 @@ def run_control(settings: ControlSettings, log: Callable[[str], None] = lambda t
 def _run_driver(tb: Any, nodes: Any, job: dict[str, Any], settings: ControlSettings, progress: bool,
                 log: Callable[[str], None]) -> dict[str, Any]:
     """Run :func:`_driver_main` inside host 0; switch the links' rate when it asks (after the drop step)."""
-    path = job["out"] + ".job"
-    with open(path, "w") as f:
-        json.dump(job, f)
-    code = "from layeredge_dist.bench.control import _driver_main; _driver_main()"
-    log_path = job["out"] + ".log"
+    from layeredge_dist.bench import testbed_job
+
     dropped_at: float | None = None
-    with open(log_path, "wb") as logf:
-        proc = nodes.spawn_driver([sys.executable, "-c", code, path], stdout=logf,
-                                  stderr=None if progress else subprocess.STDOUT, what=f"control-driver-{job['mode']}",
-                                  cwd=os.getcwd())
-        try:
-            deadline = time.monotonic() + settings.run_timeout_s
-            while proc.poll() is None:
-                if time.monotonic() > deadline:
-                    raise ControlError(f"the {job['mode']} driver did not finish in {settings.run_timeout_s:g} s")
-                if dropped_at is None and os.path.exists(job["drop_request"]):
-                    t0 = time.perf_counter()
-                    tb.set_rate(settings.rate_after)
-                    dropped_at = time.time()
-                    with open(job["drop_ack"] + ".tmp", "w") as f:
-                        f.write(tb.rate)
-                    os.replace(job["drop_ack"] + ".tmp", job["drop_ack"])
-                    log(f"[{job['mode']}] step {settings.drop_step}: links switched to {tb.rate} "
-                        f"({(time.perf_counter() - t0) * 1e3:.0f} ms)")
-                time.sleep(0.05)
-            rc = proc.returncode
-        except BaseException:
-            tb.stop(proc)
-            raise
-    if rc != 0 or not os.path.exists(job["out"]):
-        with open(log_path, errors="replace") as f:
-            tail = "\n".join(f.read().splitlines()[-25:])
-        raise ControlError(f"the {job['mode']} driver failed (exit {rc}); last output:\n{tail}")
-    if dropped_at is None:
+    proc, log_path = testbed_job.spawn(nodes, __name__, job, f"control-driver-{job['mode']}", progress)
+    try:
+        deadline = time.monotonic() + settings.run_timeout_s
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise ControlError(f"the {job['mode']} driver did not finish in {settings.run_timeout_s:g} s")
+            if dropped_at is None and os.path.exists(job["drop_request"]):
+                t0 = time.perf_counter()
+                tb.set_rate(settings.rate_after)
+                dropped_at = time.time()
+                with open(job["drop_ack"] + ".tmp", "w") as f:
+                    f.write(tb.rate)
+                os.replace(job["drop_ack"] + ".tmp", job["drop_ack"])
+                log(f"[{job['mode']}] step {settings.drop_step}: links switched to {tb.rate} "
+                    f"({(time.perf_counter() - t0) * 1e3:.0f} ms)")
+            time.sleep(0.05)
+        rc = proc.returncode
+    except BaseException:
+        tb.stop(proc)
+        raise
+    if rc == 0 and dropped_at is None:
         raise ControlError(f"the {job['mode']} driver never asked for the drop")
-    with open(job["out"]) as f:
-        return json.load(f)
+    return testbed_job.result(job, rc, log_path, f"the {job['mode']} driver", ControlError)
 
 
 # --------------------------------------------------------------------------------------------- figures
@@ -434,15 +422,9 @@ def format_result(result: dict[str, Any]) -> str:
 
 def _driver_main() -> None:
     """Entry of the driver subprocess (inside host 0): one run (``off`` or ``on``), writes the JSON."""
-    with open(sys.argv[1]) as f:
-        job = json.load(f)
-    t0 = time.perf_counter()
-    result = drive(job, log=lambda t: print(t, file=sys.stderr, flush=True))
-    result["seconds"] = time.perf_counter() - t0
-    tmp = job["out"] + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, default=str)
-    os.replace(tmp, job["out"])
+    from layeredge_dist.bench.testbed_job import driver_main
+
+    driver_main(drive)
 
 
 def drive(job: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:

@@ -297,29 +297,18 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
 
 def _run_driver(nodes: Any, job: dict[str, Any], timeout_s: float, progress: bool) -> dict[str, Any]:
     """Run :func:`_driver_main` inside host 0 on ``job``; its progress goes to our stderr (unless quiet)."""
-    path = job["out"] + ".job"
-    with open(path, "w") as f:
-        json.dump(job, f)
-    code = "from layeredge_dist.bench.e2e import _driver_main; _driver_main()"
-    log_path = job["out"] + ".log"
-    with open(log_path, "wb") as logf:
-        proc = nodes.spawn_driver([sys.executable, "-c", code, path], stdout=logf,
-                                  stderr=None if progress else subprocess.STDOUT, what=f"e2e-driver-{job['rate']}",
-                                  cwd=os.getcwd())
-        try:
-            rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            nodes.testbed.stop(proc)
-            raise E2EError(f"the driver for {job['rate']} did not finish in {timeout_s:g} s") from None
-        except BaseException:
-            nodes.testbed.stop(proc)
-            raise
-    if rc != 0 or not os.path.exists(job["out"]):
-        with open(log_path, errors="replace") as f:
-            tail = "\n".join(f.read().splitlines()[-25:])
-        raise E2EError(f"the driver for {job['rate']} failed (exit {rc}); last output:\n{tail}")
-    with open(job["out"]) as f:
-        return json.load(f)
+    from layeredge_dist.bench import testbed_job
+
+    proc, log_path = testbed_job.spawn(nodes, __name__, job, f"e2e-driver-{job['rate']}", progress)
+    try:
+        rc = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        nodes.testbed.stop(proc)
+        raise E2EError(f"the driver for {job['rate']} did not finish in {timeout_s:g} s") from None
+    except BaseException:
+        nodes.testbed.stop(proc)
+        raise
+    return testbed_job.result(job, rc, log_path, f"the driver for {job['rate']}", E2EError)
 
 
 def _finish_rows(runs: list[dict[str, Any]], settings: E2ESettings, rate: str,
@@ -396,15 +385,9 @@ def format_rows(result: dict[str, Any]) -> str:
 
 def _driver_main() -> None:
     """Entry of the driver subprocess (inside host 0): run every configuration of one rate, write the JSON."""
-    with open(sys.argv[1]) as f:
-        job = json.load(f)
-    t0 = time.perf_counter()
-    result = drive(job, log=lambda t: print(t, file=sys.stderr, flush=True))
-    result["seconds"] = time.perf_counter() - t0
-    tmp = job["out"] + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, default=str)
-    os.replace(tmp, job["out"])
+    from layeredge_dist.bench.testbed_job import driver_main
+
+    driver_main(drive)
 
 
 def drive(job: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
