@@ -63,7 +63,11 @@ from typing import Any
 DEMO = ("data.batch_size=8", "data.context=128", "pipeline.microbatches=4", "pipeline.stages=3",
         "pipeline.schedule=1f1b", "train.checkpoint_every=0", "train.resume=false")
 CONFIGS = ("fp32", "bf16", "plan", "strong")
-DEFAULT_CANDIDATES = ("bf16", "int8", "int4/rht", "int3/rht", "int2/rht", "ef(int8)", "ef(int4/rht)")
+#: The planner's forward and backward candidates: gradients below 8 bits get error feedback (in-process 150-step
+#: runs of the demo: int4/rht backward without it trained to 3.125 nats, with it to 3.008, fp32 2.923; int2 both
+#: ways without it stalled the pipeline runs at ~3.2-3.3).
+DEFAULT_CANDIDATES = ("bf16", "int8", "int4/rht", "int3/rht", "int2/rht")
+DEFAULT_BACKWARD = ("bf16", "int8", "ef(int8)", "ef(int4/rht)", "ef(int2/rht)")
 WARMUP_STEPS = 3
 
 
@@ -83,6 +87,7 @@ class E2ESettings:
     trial_steps: int = 60
     trial_batches: int = 8
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES
+    backward_candidates: tuple[str, ...] = DEFAULT_BACKWARD
     strong_forward: str = "int4/rht"
     strong_backward: str = "ef(int8)"
     calib_steps: int = 20
@@ -138,7 +143,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trial-batches", type=int, default=d.trial_batches,
                    help=f"validation batches scoring each trial (default {d.trial_batches})")
     p.add_argument("--codecs", default=",".join(d.candidates),
-                   help=f"planner candidates (default {','.join(d.candidates)})")
+                   help=f"planner candidates for activations (default {','.join(d.candidates)})")
+    p.add_argument("--backward-codecs", default=",".join(d.backward_candidates),
+                   help=f"planner candidates for activation-gradients (default {','.join(d.backward_candidates)})")
     p.add_argument("--strong-forward", default=d.strong_forward, help=f"(d) forward codec (default {d.strong_forward})")
     p.add_argument("--strong-backward", default=d.strong_backward,
                    help=f"(d) backward codec (default {d.strong_backward})")
@@ -165,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             target_loss=args.target_loss, target_frac=args.target_frac,
             budget=None if args.budget is not None and args.budget < 0 else args.budget,
             candidates=tuple(c.strip() for c in args.codecs.split(",") if c.strip()),
+            backward_candidates=tuple(c.strip() for c in args.backward_codecs.split(",") if c.strip()),
             strong_forward=args.strong_forward, strong_backward=args.strong_backward,
             calib_steps=args.calib_steps, calib_batches=args.calib_batches, hosts=args.hosts,
             trial_steps=args.trial_steps, trial_batches=args.trial_batches,
@@ -209,6 +217,11 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- orchestration
 
 
+def _all_candidates(settings: E2ESettings) -> tuple[str, ...]:
+    """Forward and backward candidates, each once."""
+    return tuple(dict.fromkeys([*settings.candidates, *settings.backward_candidates]))
+
+
 class E2EError(RuntimeError):
     """A driver run on the testbed failed; the message carries its last output."""
 
@@ -241,11 +254,14 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
         from layeredge_dist.pipeline import planning
 
         log(f"profiling {cfg.model.family} in-process (1 thread): {settings.calib_steps} training steps, "
-            f"{settings.calib_batches} calibration batches, codecs {', '.join(settings.candidates)} ...")
+            f"{settings.calib_batches} calibration batches, codecs forward {', '.join(settings.candidates)}, "
+            f"backward {', '.join(settings.backward_candidates)} ...")
         t0 = time.perf_counter()
-        meas = planning.measure(cfg, settings.calib_batches, settings.calib_steps, settings.candidates,
+        meas = planning.measure(cfg, settings.calib_batches, settings.calib_steps, _all_candidates(settings),
                                 optimizer=True, trial_steps=settings.trial_steps,
-                                trial_batches=settings.trial_batches, log=log)
+                                trial_batches=settings.trial_batches,
+                                directions={"forward": settings.candidates,
+                                            "backward": settings.backward_candidates}, log=log)
         profile = meas.profile.to_dict()
         out["profile"] = {"seconds": time.perf_counter() - t0, "name": meas.profile.name,
                           "n_blocks": meas.profile.n_blocks, "profile": profile, "opt_s": list(meas.opt_s),
@@ -484,7 +500,8 @@ def _choose_plan(profile_dict: dict[str, Any] | None, cfg: Any, cluster: Any, s:
     if profile_dict is None:
         raise E2EError("the plan configuration needs a profile")
     profile = ModelProfile.from_dict(profile_dict)
-    plan, base = choose_plan(profile, cfg.pipeline.stages, cluster, list(s["candidates"]), budget=s["budget"],
+    candidates = list(dict.fromkeys([*s["candidates"], *s["backward_candidates"]]))
+    plan, base = choose_plan(profile, cfg.pipeline.stages, cluster, candidates, budget=s["budget"],
                              schedule=cfg.pipeline.schedule)
     log(f"  plan for {cluster.describe()}: cuts {list(plan.cuts)}, codecs {plan.codecs_dict()}, predicted step "
         f"{plan.step_time_s:.3f} s (fp32 {base['fp32'].step_time_s:.3f} s), total sensitivity "

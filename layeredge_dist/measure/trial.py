@@ -154,7 +154,8 @@ def _train(parts: Sequence[Partition], make_optimizer: Callable[[list[torch.nn.P
 def trial_losses(parts: Sequence[Partition],
                  make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
                  step_batches: Sequence[MicroBatches], val_batches: Sequence[tuple[torch.Tensor, Side]],
-                 specs: Sequence[str], directions: Sequence[str] = DIRECTIONS, seed: int = 0,
+                 specs: Sequence[str] | Mapping[str, Sequence[str]], directions: Sequence[str] = DIRECTIONS,
+                 seed: int = 0,
                  boundaries: Sequence[int] | None = None,
                  progress: Callable[[str], None] = lambda _t: None) -> TrialResult:
     """Train copies of ``parts`` (left unchanged) on ``step_batches`` once with exact edges and once per
@@ -165,7 +166,8 @@ def trial_losses(parts: Sequence[Partition],
         make_optimizer: a fresh optimizer for a list of parameters (the run's optimizer settings).
         step_batches: the micro-batches of each training step (its length is the trial's step count, >= 1).
         val_batches: held-out full batches ``(inputs, side)`` (>= 1), each evaluated as one micro-batch.
-        specs: codec specs (``parse_any`` syntax); lossless ones are measured too (gap ~0).
+        specs: codec specs (``parse_any`` syntax; lossless ones are measured too, gap ~0), or a mapping
+            direction -> specs to try different codecs per direction (``directions`` is then its keys).
         directions: ``forward`` and/or ``backward``.
         seed: seeds the randomized codecs.
         boundaries: where the codecs apply (boundary ``k`` lies between ``parts[k]`` and ``parts[k + 1]``); None
@@ -179,13 +181,15 @@ def trial_losses(parts: Sequence[Partition],
         raise ValueError(f"a trial needs at least one cut (two partitions), got {len(parts)}")
     if not step_batches or not val_batches:
         raise ValueError("a trial needs at least one training step and one validation batch")
-    bad = [d for d in directions if d not in DIRECTIONS]
+    per_dir = ({d: list(v) for d, v in specs.items()} if isinstance(specs, Mapping)
+               else {d: list(specs) for d in directions})
+    bad = [d for d in per_dir if d not in DIRECTIONS]
     if bad:
         raise ValueError(f"unknown direction(s) {bad}; expected forward and/or backward")
     at = frozenset(range(len(parts) - 1) if boundaries is None else boundaries)
     if not at or not all(0 <= k < len(parts) - 1 for k in at):
         raise ValueError(f"boundaries must be among 0..{len(parts) - 2} (and not empty), got {boundaries}")
-    for spec in specs:
+    for spec in {s for v in per_dir.values() for s in v}:
         load_codec(spec)  # CodecError before any training
     start = [copy.deepcopy(p.state_dict()) for p in parts]
     tail = max(1, min(len(step_batches), 10))
@@ -205,8 +209,8 @@ def trial_losses(parts: Sequence[Partition],
         exact, exact_train = run(None, None)
         losses: dict[str, dict[str, float]] = {}
         trains: dict[str, dict[str, float]] = {}
-        for d in directions:
-            for spec in specs:
+        for d, d_specs in per_dir.items():
+            for spec in d_specs:
                 progress(f"trial: {spec} {d}")
                 v, t = run(spec, None) if d == "forward" else run(None, spec)
                 losses.setdefault(d, {})[spec] = v

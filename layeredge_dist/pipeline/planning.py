@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -223,7 +223,8 @@ def _param_bytes(part: Partition) -> int:
 def measure(cfg: RunConfig, calib_batches: int = 2, calib_steps: int = 20,
             codecs: Sequence[str] = DEFAULT_CODECS, *, reps: int = DEFAULT_REPS, threads: int | None = 1,
             sensitivity: bool = True, proxies: bool = True, optimizer: bool = False, trial_steps: int = 0,
-            trial_batches: int = 8, log: Callable[[str], None] = lambda _t: None) -> Measurement:
+            trial_batches: int = 8, directions: Mapping[str, Sequence[str]] | None = None,
+            log: Callable[[str], None] = lambda _t: None) -> Measurement:
     """Measure the profile of ``cfg``'s model (see the module docstring) and, with ``optimizer``, the optimizer
     seconds per block.
 
@@ -240,6 +241,9 @@ def measure(cfg: RunConfig, calib_batches: int = 2, calib_steps: int = 20,
         trial_steps: > 0 calibrates the sensitivity table by training (:func:`calibrate_by_trial`): both
             directions' scores become validation-loss gaps in nats after that many steps with the codec on the
             run's cuts; ``trial_batches`` held-out batches score them. 0 keeps the one-shot scores.
+        directions: which of ``codecs`` each direction may use, e.g. ``{"forward": [...], "backward": [...]}``
+            (low-bit gradients need error feedback to train); the other pairs are left out of the sensitivity
+            table, which the planner reads as "not allowed" under a budget. None: every codec in both.
         log: progress lines (the trials take minutes).
 
     Raises ValueError for bad counts, duplicate codecs or a one-block model; CodecError for an unknown codec.
@@ -254,13 +258,25 @@ def measure(cfg: RunConfig, calib_batches: int = 2, calib_steps: int = 20,
         raise ValueError(f"need trial_steps >= 0 and trial_batches >= 1, got {trial_steps}, {trial_batches}")
     with torch_threads(threads):
         meas = _measure(cfg, calib_batches, calib_steps, lossy, reps, sensitivity, proxies, optimizer)
+        allowed = {d: [canonical_spec(c) for c in (directions or {}).get(d, specs) if canonical_spec(c) in lossy]
+                   for d in ("forward", "backward")}
         if trial_steps and sensitivity and lossy:
-            meas = calibrate_by_trial(meas, cfg, lossy, calib_steps, trial_steps, trial_batches, log)
+            meas = calibrate_by_trial(meas, cfg, allowed, calib_steps, trial_steps, trial_batches, log)
+        elif directions is not None:
+            meas = replace(meas, profile=meas.profile.with_scores(_restrict(meas.profile.sensitivity, allowed)))
     return meas
 
 
-def calibrate_by_trial(meas: Measurement, cfg: RunConfig, specs: Sequence[str], calib_steps: int, trial_steps: int,
-                       trial_batches: int, log: Callable[[str], None] = lambda _t: None) -> Measurement:
+def _restrict(table: Mapping[int, Mapping[str, Mapping[str, float]]],
+              allowed: Mapping[str, Sequence[str]]) -> dict[int, dict[str, dict[str, float]]]:
+    """``table`` with only the (direction, codec) pairs of ``allowed``."""
+    return {k: {d: {c: v for c, v in per.items() if c in allowed.get(d, ())} for d, per in dirs.items()}
+            for k, dirs in table.items()}
+
+
+def calibrate_by_trial(meas: Measurement, cfg: RunConfig, specs: Sequence[str] | Mapping[str, Sequence[str]],
+                       calib_steps: int, trial_steps: int, trial_batches: int,
+                       log: Callable[[str], None] = lambda _t: None) -> Measurement:
     """``meas`` with its sensitivity table calibrated by short training runs (see
     :mod:`layeredge_dist.measure.trial`).
 
@@ -272,7 +288,8 @@ def calibrate_by_trial(meas: Measurement, cfg: RunConfig, specs: Sequence[str], 
     sum(oneshot at the run's cuts)``, so the scores keep their relative shape over boundaries while a uniform
     assignment on the run's cuts sums to the measured gap (spread evenly when the one-shot sum is 0). The
     forward and backward scores then share one unit, validation-loss nats, and a budget is a loss gap.
-    ``profile.meta`` is not touched; ``Measurement.trial`` keeps the raw result.
+    ``specs`` may map each direction to its own codecs; pairs not tried are left out of the new table (not
+    allowed under a budget). ``Measurement.trial`` keeps the raw result.
     """
     from layeredge_dist.measure.trial import trial_losses
 
@@ -287,14 +304,17 @@ def calibrate_by_trial(meas: Measurement, cfg: RunConfig, specs: Sequence[str], 
     m = cfg.pipeline.microbatches
     steps = [split_batch(workload.batch(calib_steps + 1 + k), m) for k in range(trial_steps)]
     val = [(x[0], side[0]) for x, side in (split_batch(b, 1) for b in workload.val_batches(trial_batches))]
-    log(f"trial calibration: {trial_steps} steps x {1 + 2 * len(specs)} runs on cuts {list(run_cuts)} ...")
+    per_dir = {d: list(v) for d, v in specs.items()} if isinstance(specs, Mapping) else {
+        d: list(specs) for d in ("forward", "backward")}
+    log(f"trial calibration: {trial_steps} steps x {1 + sum(map(len, per_dir.values()))} runs on cuts "
+        f"{list(run_cuts)} ...")
     t0 = time.perf_counter()
-    trial = trial_losses(parts, base.optimizer.build, steps, val, list(specs), boundaries=at, seed=cfg.model.seed,
+    trial = trial_losses(parts, base.optimizer.build, steps, val, per_dir, boundaries=at, seed=cfg.model.seed,
                          progress=log)
     old = meas.profile.sensitivity
     new: dict[int, dict[str, dict[str, float]]] = {}
-    for d in ("forward", "backward"):
-        for spec in specs:
+    for d, d_specs in per_dir.items():
+        for spec in d_specs:
             gap = min(max(trial.gap(d, spec), 0.0), DIVERGED_GAP)
             one = [max(old.get(k, {}).get(d, {}).get(spec, 0.0), 0.0) for k in range(len(cuts))]
             total = sum(one[k] for k in at)

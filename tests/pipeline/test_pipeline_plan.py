@@ -184,3 +184,19 @@ def test_trial_calibrated_profile() -> None:
              for k in range(3) if one_shot.profile.score(k, "forward", "int2", "sensitivity")]
     if max(trial.gap("forward", "int2"), 0.0) > 0:
         assert max(ratio) == pytest.approx(min(ratio), rel=1e-9)  # one factor for every boundary
+
+
+def test_directions_restrict_the_codecs_per_direction() -> None:
+    """``directions`` keeps only the allowed (direction, codec) scores; the planner may then use nothing else."""
+    from layeredge_dist.pipeline.planning import choose_plan, measure
+
+    cfg = with_overrides(RunConfig(), TINY_SETS + ["pipeline.stages=2"])
+    meas = measure(cfg, 1, 2, ("int8", "int2", "ef(int2)"), reps=1, proxies=False,
+                   directions={"forward": ["int2"], "backward": ["ef(int2)"]})
+    prof = meas.profile
+    for k in range(prof.n_boundaries):
+        assert prof.score(k, "forward", "int2") is not None and prof.score(k, "forward", "int8") is None
+        assert prof.score(k, "backward", "ef(int2)") is not None and prof.score(k, "backward", "int2") is None
+    plan, _ = choose_plan(prof, 2, "1Mbit", ["int8", "int2", "ef(int2)"], budget=1e9)  # a slow link: compress
+    for dirs in plan.codecs_dict().values():
+        assert dirs == {"forward": "int2", "backward": "ef(int2)"}
