@@ -308,7 +308,9 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
                          description="The main job: start an embedded Ray cluster on 127.0.0.1, cut the byte-level "
                          "GPT demo model into 3 stages (one actor each), train it on the Python standard library's "
                          "source with a progress line (loss, tokens/s), evaluate on held-out files, checkpoint, and "
-                         "end with per-edge traffic and per-stage memory tables. Demo defaults: "
+                         "end with per-edge traffic and per-stage memory tables, summary.json and report.png (loss against wall "
+                         "time, MB per training step per edge); --testbed RATE does the same on an emulated multi-host "
+                         "network with shaped links. Demo defaults: "
                          + ", ".join(DEMO) + " (a --config file replaces them).")
     add_common(run)
     run.add_argument("--testbed", nargs="?", const="100mbit", default=None, metavar="RATE",
