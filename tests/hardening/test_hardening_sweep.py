@@ -123,6 +123,15 @@ def test_lingering_processes_of_a_dead_owner_are_killed(tmp_path: Path) -> None:
                 p.wait()
 
 
+def _wait_exec(pid: int, text: str, timeout_s: float = 30.0) -> None:
+    """Until the child ``pid`` has exec'd its command (``text`` in its command line): right after fork,
+    /proc shows the parent's command line (a race seen once on a loaded 2-core CI run)."""
+    deadline = time.monotonic() + timeout_s
+    while _stat(pid) is None or text not in cluster._cmdline(pid):
+        assert time.monotonic() < deadline, f"pid {pid} did not exec within {timeout_s} s"
+        time.sleep(0.01)
+
+
 def test_connect_marks_its_dir_and_sweeps_orphans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """connect()'s embedded path: the marker names this process and the Ray processes it started, and an
     orphan in the temp root is gone once connect() has run (here without Ray: ``ray.init`` is stubbed)."""
@@ -138,8 +147,7 @@ def test_connect_marks_its_dir_and_sweeps_orphans(tmp_path: Path, monkeypatch: p
         seen["dir"] = kw["_temp_dir"]
         seen["child"] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
                                           f"--temp-dir={kw['_temp_dir']}"])
-        while _stat(seen["child"].pid) is None:
-            time.sleep(0.01)
+        _wait_exec(seen["child"].pid, kw["_temp_dir"])
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
@@ -158,8 +166,7 @@ def test_connect_marks_its_dir_and_sweeps_orphans(tmp_path: Path, monkeypatch: p
     # the Ray processes are found by parentage and command line
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--temp-dir={tmp_path}/x"])
     try:
-        while _stat(p.pid) is None:
-            time.sleep(0.01)
+        _wait_exec(p.pid, f"{tmp_path}/x")
         assert cluster._ray_processes(f"{tmp_path}/x") == {p.pid: _start(p.pid)}
     finally:
         p.kill()
