@@ -184,10 +184,10 @@ def run_control(settings: ControlSettings, log: Callable[[str], None] = lambda t
                 progress: bool = True) -> dict[str, Any]:
     """Measure the profile, bring up the testbed and Ray, run ``off`` then ``on`` (each with the drop), tear down;
     returns ``{"rounds", "summary", "targets", "settings", "profile", "testbed", "load_average", "seconds"}``."""
+    from layeredge_dist.bench import testbed_job
     from layeredge_dist.pipeline import planning
-    from layeredge_dist.testbed import Testbed
     from layeredge_dist.testbed.netns import require_tools
-    from layeredge_dist.testbed.ray_nodes import TESTBED_OVERRIDES, RayNodes
+    from layeredge_dist.testbed.ray_nodes import TESTBED_OVERRIDES
 
     require_tools()
     t_start = time.perf_counter()
@@ -201,17 +201,8 @@ def run_control(settings: ControlSettings, log: Callable[[str], None] = lambda t
     profile_json = meas.profile.to_json()
     out["profile"] = {"seconds": time.perf_counter() - t0, "name": meas.profile.name,
                       "n_blocks": meas.profile.n_blocks, "profile": meas.profile.to_dict()}
-    tb = Testbed()
-    nodes: RayNodes | None = None
-    try:
-        t0 = time.perf_counter()
-        tb.up(settings.hosts, settings.rate_before)
-        log(f"testbed {tb.id}: {settings.hosts} hosts on {tb.subnet}; starting Ray ...")
-        nodes = RayNodes(tb, cpus_per_node=max(1.0, cfg.cluster.cpus_per_stage), timeout_s=settings.start_timeout_s)
-        info = nodes.start()
-        log(f"Ray at {info['address']}: {len(info['nodes'])} nodes alive after {time.perf_counter() - t0:.1f} s")
-        out["testbed"] = {"id": tb.id, "subnet": tb.subnet, "hosts": [h.ip for h in tb.hosts],
-                          "ray_address": nodes.address, "start_s": time.perf_counter() - t0}
+    with testbed_job.testbed_with_ray(settings.hosts, settings.rate_before, max(1.0, cfg.cluster.cpus_per_stage),
+                                      settings.start_timeout_s, log) as (tb, nodes, out["testbed"]):
         profile_path = os.path.join(tb.work_dir, "profile.json")
         with open(profile_path, "w") as f:
             f.write(profile_json)
@@ -235,10 +226,6 @@ def run_control(settings: ControlSettings, log: Callable[[str], None] = lambda t
                 res = _run_driver(tb, nodes, job, settings, progress, log)
                 res["load_average_end"] = list(os.getloadavg())
                 out["rounds"][-1][mode] = res
-    finally:
-        if nodes is not None:
-            nodes.stop()
-        tb.down()
     out["summary"], out["targets"] = summarize(out["rounds"], settings)
     out["seconds"] = time.perf_counter() - t_start
     out["load_average"]["end"] = list(os.getloadavg())

@@ -239,10 +239,10 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
             progress: bool = True) -> dict[str, Any]:
     """Measure the profile (if the plan is wanted), bring up the testbed and Ray, run every rate's driver inside
     host 0, tear down; returns ``{"rows", "rates", "plans", "targets", "settings", "profile", "seconds"}``."""
-    from layeredge_dist.testbed import Testbed
+    from layeredge_dist.bench import testbed_job
     from layeredge_dist.testbed.bandwidth import measure_bandwidth
     from layeredge_dist.testbed.netns import require_tools
-    from layeredge_dist.testbed.ray_nodes import TESTBED_OVERRIDES, RayNodes
+    from layeredge_dist.testbed.ray_nodes import TESTBED_OVERRIDES
 
     require_tools()
     t_start = time.perf_counter()
@@ -270,17 +270,8 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
             log("trial gaps (nats after {} steps): ".format(meas.trial.steps) + "; ".join(
                 f"{d} " + ", ".join(f"{c} {meas.trial.gap(d, c):+.4f}" for c in per)
                 for d, per in meas.trial.losses.items()))
-    tb = Testbed()
-    nodes: RayNodes | None = None
-    try:
-        t0 = time.perf_counter()
-        tb.up(settings.hosts, settings.rates[0])
-        log(f"testbed {tb.id}: {settings.hosts} hosts on {tb.subnet} ({', '.join(tb.namespaces)}); starting Ray ...")
-        nodes = RayNodes(tb, cpus_per_node=max(1.0, cfg.cluster.cpus_per_stage), timeout_s=settings.start_timeout_s)
-        info = nodes.start()
-        log(f"Ray at {info['address']}: {len(info['nodes'])} nodes alive after {time.perf_counter() - t0:.1f} s")
-        out["testbed"] = {"id": tb.id, "subnet": tb.subnet, "hosts": [h.ip for h in tb.hosts],
-                          "ray_address": nodes.address, "start_s": time.perf_counter() - t0}
+    with testbed_job.testbed_with_ray(settings.hosts, settings.rates[0], max(1.0, cfg.cluster.cpus_per_stage),
+                                      settings.start_timeout_s, log) as (tb, nodes, out["testbed"]):
         for rate in settings.rates:
             tb.set_rate(rate)
             bw = measure_bandwidth(tb, 0, 1, seconds=settings.bandwidth_seconds)
@@ -302,10 +293,6 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
             out["rows"] += rows
             for r in rows:
                 log(_row_line(r))
-    finally:
-        if nodes is not None:
-            nodes.stop()
-        tb.down()
     out["seconds"] = time.perf_counter() - t_start
     out["load_average"]["end"] = list(os.getloadavg())  # the machines are shared: compute time varies with load
     return out

@@ -14,7 +14,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 Drive = Callable[[dict[str, Any], Callable[[str], None]], dict[str, Any]]
@@ -59,3 +60,29 @@ def result(job: dict[str, Any], rc: int | None, log_path: str, what: str,
         raise error(f"{what} failed (exit {rc}); last output:\n{tail}")
     with open(job["out"]) as f:
         return json.load(f)
+
+
+@contextmanager
+def testbed_with_ray(hosts: int, rate: str, cpus_per_node: float, timeout_s: float,
+                     log: Callable[[str], None]) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
+    """A testbed of ``hosts`` emulated hosts at ``rate`` with one Ray node each, torn down on exit (also on an
+    error or Ctrl-C). Yields ``(testbed, ray_nodes, facts)``; ``facts`` (id, subnet, host IPs, Ray address,
+    start seconds) is what the benchmarks record. Raises TestbedError when it cannot be built."""
+    from layeredge_dist.testbed import Testbed
+    from layeredge_dist.testbed.ray_nodes import RayNodes
+
+    tb = Testbed()
+    nodes: RayNodes | None = None
+    try:
+        t0 = time.perf_counter()
+        tb.up(hosts, rate)
+        log(f"testbed {tb.id}: {hosts} hosts on {tb.subnet} ({', '.join(tb.namespaces)}); starting Ray ...")
+        nodes = RayNodes(tb, cpus_per_node=cpus_per_node, timeout_s=timeout_s)
+        info = nodes.start()
+        log(f"Ray at {info['address']}: {len(info['nodes'])} nodes alive after {time.perf_counter() - t0:.1f} s")
+        yield tb, nodes, {"id": tb.id, "subnet": tb.subnet, "hosts": [h.ip for h in tb.hosts],
+                          "ray_address": nodes.address, "start_s": time.perf_counter() - t0}
+    finally:
+        if nodes is not None:
+            nodes.stop()
+        tb.down()

@@ -96,18 +96,28 @@ class _Progress:
             print(("\n" if self.tty else "") + text, file=sys.stderr, flush=True)
 
 
-def _train(args: argparse.Namespace, defaults: Sequence[str]) -> int:
+def _saved_config(args: argparse.Namespace, defaults: Sequence[str], filename: str) -> RunConfig | None:
+    """The resolved run config, also written to ``<run_dir>/<filename>``; None (after printing why) when the
+    config is invalid or unreadable."""
     try:
         cfg = resolve_config(args, defaults)
     except (ConfigError, OSError) as err:
         print(f"layeredge: config error: {err}", file=sys.stderr)
+        return None
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / filename).write_text(dump_yaml(cfg))
+    return cfg
+
+
+def _train(args: argparse.Namespace, defaults: Sequence[str]) -> int:
+    cfg = _saved_config(args, defaults, "config.yaml")
+    if cfg is None:
         return 2
     from layeredge_dist.pipeline import setup
     from layeredge_dist.pipeline.cluster import ClusterError, connect
 
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     spec = setup.stage_spec(cfg)
     workload = setup.workload(cfg)
     ckpt = cfg.train.checkpoint_dir or str(run_dir / "checkpoints")
@@ -233,15 +243,10 @@ def run_run(args: argparse.Namespace) -> int:
         return _train(args, DEMO)
     from layeredge_dist.cli import testbed_cmd
 
-    try:
-        cfg = resolve_config(args, DEMO)
-    except (ConfigError, OSError) as err:
-        print(f"layeredge: config error: {err}", file=sys.stderr)
+    cfg = _saved_config(args, DEMO, "testbed-config.yaml")  # the testbed adds --address and its own overrides
+    if cfg is None:
         return 2
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "testbed-config.yaml"
-    path.write_text(dump_yaml(cfg))  # the resolved job; the testbed adds --address and its own overrides
+    path = Path(cfg.run_dir) / "testbed-config.yaml"
     tb_args = argparse.Namespace(rate=args.testbed, hosts=cfg.pipeline.stages, cpus_per_node=1.0,
                                  timeout=cfg.cluster.start_timeout_s, command="run",
                                  args=["--config", str(path)] + (["--json"] if args.json else []))
