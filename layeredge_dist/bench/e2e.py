@@ -98,6 +98,7 @@ class E2ESettings:
     start_timeout_s: float = 180.0
     run_timeout_s: float = 3600.0
     bandwidth_seconds: float = 1.5
+    host_calib_steps: int = 15
 
     def __post_init__(self) -> None:
         bad = [c for c in self.configs if c not in CONFIGS]
@@ -111,6 +112,8 @@ class E2ESettings:
             raise ValueError("need at least one rate")
         if self.trial_steps < 0 or self.trial_batches < 1:
             raise ValueError("need trial_steps >= 0 and trial_batches >= 1")
+        if self.host_calib_steps < 0 or 0 < self.host_calib_steps <= WARMUP_STEPS:
+            raise ValueError(f"host_calib_steps must be 0 (off) or > {WARMUP_STEPS}, got {self.host_calib_steps}")
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -154,6 +157,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-batches", type=int, default=d.calib_batches,
                    help=f"calibration batches for the profile's sensitivity (default {d.calib_batches})")
     p.add_argument("--hosts", type=int, default=d.hosts, help=f"emulated hosts (default {d.hosts})")
+    p.add_argument("--host-calib-steps", type=int, default=d.host_calib_steps,
+                   help=f"steps of each of two calibration runs (fp32, strong) on unshaped links before the rates, "
+                   f"which fit the simulator's host model: shared cores, per-message and per-step overhead, compute "
+                   f"scale (default {d.host_calib_steps}; 0 = no calibration, plain predictions only)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a run config field (see layeredge train --help), e.g. model.config.n_layer=3")
     p.add_argument("--plot", metavar="PATH", default=None, help="also write a PNG: loss vs time, bytes per edge")
@@ -176,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
             strong_forward=args.strong_forward, strong_backward=args.strong_backward,
             calib_steps=args.calib_steps, calib_batches=args.calib_batches, hosts=args.hosts,
             trial_steps=args.trial_steps, trial_batches=args.trial_batches,
-            overrides=tuple(args.overrides))
+            host_calib_steps=args.host_calib_steps, overrides=tuple(args.overrides))
         _base_config(settings)
         from layeredge_dist.testbed import parse_rate
 
@@ -270,8 +277,15 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
             log("trial gaps (nats after {} steps): ".format(meas.trial.steps) + "; ".join(
                 f"{d} " + ", ".join(f"{c} {meas.trial.gap(d, c):+.4f}" for c in per)
                 for d, per in meas.trial.losses.items()))
+        used = sorted({"fp32", "bf16", settings.strong_forward, settings.strong_backward, *_all_candidates(settings)})
+        speeds = planning.measure_speeds(used, max(meas.profile.elements))
+        out["codec_speeds_Bps"] = {k: list(v) for k, v in speeds.items()}
     with testbed_job.testbed_with_ray(settings.hosts, settings.rates[0], max(1.0, cfg.cluster.cpus_per_stage),
                                       settings.start_timeout_s, log) as (tb, nodes, out["testbed"]):
+        host = None
+        if profile is not None and settings.host_calib_steps > 0:
+            out["host_calibration"] = _calibrate_host(tb, nodes, settings, cfg, out, progress, log)
+            host = out["host_calibration"]["host"]
         for rate in settings.rates:
             tb.set_rate(rate)
             bw = measure_bandwidth(tb, 0, 1, seconds=settings.bandwidth_seconds)
@@ -281,6 +295,7 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
                 "overrides": list(DEMO) + list(settings.overrides) + list(TESTBED_OVERRIDES)
                 + [f"cluster.address={nodes.address}", f"run_dir={tb.work_dir}/run"],
                 "profile": profile, "opt_s": out["profile"]["opt_s"] if profile is not None else None,
+                "speeds": out.get("codec_speeds_Bps"), "host": host,
                 "out": os.path.join(tb.work_dir, f"e2e-{tb.rate}.json"),
             }
             res = _run_driver(nodes, job, settings.run_timeout_s, progress)
@@ -296,6 +311,41 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
     out["seconds"] = time.perf_counter() - t_start
     out["load_average"]["end"] = list(os.getloadavg())  # the machines are shared: compute time varies with load
     return out
+
+
+def _calibrate_host(tb: Any, nodes: Any, settings: E2ESettings, cfg: Any, out: dict[str, Any], progress: bool,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """Fit the simulator's :class:`~layeredge_dist.plan.HostModel` on the testbed: ``fp32`` and ``strong`` for
+    ``host_calib_steps`` steps each on unshaped links, then :func:`~layeredge_dist.bench.simulator.fit_config_host`
+    with the machine's cores shared by all hosts. These runs are only for the fit: every row of the benchmark is
+    a separate run that the fitted model predicts."""
+    from dataclasses import replace
+
+    from layeredge_dist.bench.simulator import _cores, fit_config_host
+    from layeredge_dist.config import with_overrides
+    from layeredge_dist.plan import ModelProfile
+    from layeredge_dist.testbed.ray_nodes import TESTBED_OVERRIDES
+
+    n = settings.host_calib_steps
+    tb.set_rate("unshaped")
+    cal = replace(settings, configs=("fp32", "strong"), steps=n, eval_every=n, eval_batches=1)
+    log(f"[host calibration] fp32 and strong, {n} steps each on unshaped links ...")
+    job = {"address": nodes.address, "rate": "unshaped", "settings": asdict(cal),
+           "overrides": list(DEMO) + list(settings.overrides) + list(TESTBED_OVERRIDES)
+           + [f"cluster.address={nodes.address}", f"run_dir={tb.work_dir}/run-calibration"],
+           "profile": None, "opt_s": None, "speeds": None, "host": None,
+           "out": os.path.join(tb.work_dir, "e2e-host-calibration.json")}
+    res = _run_driver(nodes, job, settings.run_timeout_s, progress)
+    cluster = _cluster_from_probe_dict(res["probe"], cfg.pipeline.stages)
+    runs = [(with_overrides(cfg, r["overrides"]), r["step_s"]) for r in res["runs"]]
+    profile = ModelProfile.from_dict(out["profile"]["profile"])
+    host, err = fit_config_host(runs, profile, out["profile"]["opt_s"], cluster, out["codec_speeds_Bps"], _cores())
+    measured = ", ".join(f"{r['config']} {r['step_s']:.3f} s" for r in res["runs"])
+    log(f"[host calibration] measured {measured}; host model: {host.describe()} (largest error on these runs "
+        f"{err:.0%})")
+    return {"host": host.to_dict(), "max_rel_error": err, "steps": n, "probe": res["probe"],
+            "runs": [{"config": r["config"], "step_s": r["step_s"], "stage_medians": r["stage_medians"]}
+                     for r in res["runs"]]}
 
 
 def _run_driver(nodes: Any, job: dict[str, Any], timeout_s: float, progress: bool) -> dict[str, Any]:
@@ -346,8 +396,10 @@ def _row_line(r: dict[str, Any]) -> str:
 
 def _prediction_cells(p: dict[str, Any] | None) -> str:
     if p is None:
-        return f" {'-':>7s} {'-':>7s} {'-':>22s}"
-    return f" {p['predicted_s']:7.3f} {p['rel_error']:+7.0%} {p['rel_error_stage_compute']:+22.0%}"
+        return f" {'-':>7s} {'-':>7s} {'-':>22s} {'-':>10s} {'-':>8s}"
+    host = (f" {p['predicted_host_s']:10.3f} {p['rel_error_host']:+8.0%}" if "predicted_host_s" in p
+            else f" {'-':>10s} {'-':>8s}")
+    return f" {p['predicted_s']:7.3f} {p['rel_error']:+7.0%} {p['rel_error_stage_compute']:+22.0%}" + host
 
 
 def format_rows(result: dict[str, Any]) -> str:
@@ -365,7 +417,7 @@ def format_rows(result: dict[str, Any]) -> str:
                          f"{plan.get('step_time_s', float('nan')):.3f} s")
     head = (f"{'bandwidth':10s} {'config':8s} {'step p50 s':>10s} {'to target s':>11s} {'final val':>9s} "
             f"{'MB/step':>8s} {'bits fwd':>8s} {'bits bwd':>8s} {'vs fp32':>8s} {'sim s':>7s} {'sim err':>7s} "
-            f"{'sim(stage compute) err':>22s}")
+            f"{'sim(stage compute) err':>22s} {'sim host s':>10s} {'host err':>8s}")
     load = result.get("load_average") or {}
     if load.get("start") and load.get("end"):
         lines.append(f"load average (1 min) {load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end "
@@ -379,7 +431,16 @@ def format_rows(result: dict[str, Any]) -> str:
                      f"{r['final_val_loss']:9.4f} {r['bytes_per_step'] / 1e6:8.3f} {r['bits_fwd']:8.2f} "
                      f"{r['bits_bwd']:8.2f} {speed:>8s}" + _prediction_cells(r.get("prediction")))
     lines.append("sim: the simulator's predicted step from the in-process profile and the probed links; sim(stage "
-                 "compute): the same with the stages' own measured compute; err = (predicted - measured) / measured")
+                 "compute): the same with the stages' own measured compute; sim host: on the host model calibrated "
+                 "by separate runs before the rates (shared cores, codecs on the stage threads, software overheads); "
+                 "err = (predicted - measured) / measured")
+    cal = result.get("host_calibration")
+    if cal:
+        from layeredge_dist.plan import HostModel
+
+        lines.append(f"host model: {HostModel.from_dict(cal['host']).describe()}, fitted on "
+                     + ", ".join(f"{r['config']} {r['step_s']:.3f} s" for r in cal["runs"])
+                     + f" ({cal['steps']} steps each, unshaped; largest fit error {cal['max_rel_error']:.0%})")
     return "\n".join(lines)
 
 
@@ -436,37 +497,49 @@ def _add_predictions(runs: list[dict[str, Any]], cfg: Any, job: dict[str, Any], 
                      log: Callable[[str], None]) -> None:
     """The simulator's step time for every run (its cuts and codecs, the probed links) next to the measured one:
     ``prediction`` = :func:`layeredge_dist.bench.simulator.predict_config` (in-process profile as is, scaled
-    for the cores, and with the stages' own measured compute)."""
+    for the cores, with the stages' own measured compute, and on the calibrated host model ``job["host"]``).
+    Codec speeds: ``job["speeds"]`` (measured in-process next to the profile), else measured here."""
     from layeredge_dist.bench.simulator import _cores, config_codecs, predict_config
     from layeredge_dist.config import with_overrides
     from layeredge_dist.pipeline import planning
-    from layeredge_dist.plan import ModelProfile
+    from layeredge_dist.plan import HostModel, ModelProfile
 
     profile = ModelProfile.from_dict(job["profile"])
     configs = {r["config"]: with_overrides(cfg, r["overrides"]) for r in runs}
     used = sorted({"fp32"} | {spec for c in configs.values() for sides in config_codecs(c).values()
                               for spec in sides.values()})
-    speeds = planning.measure_speeds(used, max(profile.elements))
+    speeds = dict(job.get("speeds") or {})
+    missing = [u for u in used if u not in speeds]
+    if missing:
+        speeds.update(planning.measure_speeds(missing, max(profile.elements)))
+    host = HostModel.from_dict(job["host"]) if job.get("host") else None
     for r in runs:
         c = configs[r["config"]]
         r["prediction"] = predict_config(c, profile, job["opt_s"], cluster, speeds, r["stage_medians"],
-                                         r["step_s"], _cores())
+                                         r["step_s"], _cores(), host)
         p = r["prediction"]
         log(f"  [{job['rate']}] {r['config']}: measured {r['step_s']:.3f} s, predicted {p['predicted_s']:.3f} s "
             f"({p['rel_error']:+.0%}), cores-scaled {p['predicted_cores_s']:.3f} s ({p['rel_error_cores']:+.0%}), "
             f"with the stages' measured compute {p['predicted_stage_compute_s']:.3f} s "
-            f"({p['rel_error_stage_compute']:+.0%})")
+            f"({p['rel_error_stage_compute']:+.0%})"
+            + (f", calibrated host model {p['predicted_host_s']:.3f} s ({p['rel_error_host']:+.0%})"
+               if host is not None else ""))
 
 
 def _probe_dict(probe: dict[tuple[int, int], Any]) -> dict[str, dict[str, float]]:
     return {f"s{a}->s{b}": {"bandwidth_Bps": p.bandwidth_Bps, "rtt_s": p.rtt_s} for (a, b), p in probe.items()}
 
 
-def _cluster_from_probe(probe: dict[tuple[int, int], Any], stages: int) -> Any:
+def _cluster_from_probe_dict(probe: dict[str, dict[str, float]], stages: int) -> Any:
+    """The ClusterSpec of :func:`_probe_dict`'s form: each link's probed bandwidth, one-way latency RTT / 2."""
     from layeredge_dist.plan import ClusterSpec, LinkSpec
 
-    return ClusterSpec(stages, tuple(LinkSpec(probe[(k, k + 1)].bandwidth_Bps, probe[(k, k + 1)].rtt_s / 2)
-                                     for k in range(stages - 1)))
+    return ClusterSpec(stages, tuple(LinkSpec(probe[f"s{k}->s{k + 1}"]["bandwidth_Bps"],
+                                              probe[f"s{k}->s{k + 1}"]["rtt_s"] / 2) for k in range(stages - 1)))
+
+
+def _cluster_from_probe(probe: dict[tuple[int, int], Any], stages: int) -> Any:
+    return _cluster_from_probe_dict(_probe_dict(probe), stages)
 
 
 def _probe_cluster(cfg: Any, probe_bytes: int, log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:

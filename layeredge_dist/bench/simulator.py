@@ -136,33 +136,68 @@ def config_codecs(c: RunConfig) -> dict[str, dict[str, str]]:
                                 for d in ("forward", "backward")} for k in range(stages - 1)}
 
 
-def predict_config(c: RunConfig, profile: Any, opt_blocks: Sequence[float], cluster: Any, speeds: Any,
-                   stages: list[dict[str, float]], measured_s: float, cores: float) -> dict[str, Any]:
-    """Predicted step times of run config ``c`` (its cuts, codecs, schedule, micro-batches) against
-    ``measured_s``: from the in-process ``profile`` as is, scaled by ``stages / cores`` when there are fewer
-    cores than stages, and with the stages' own measured compute (``stages``: :func:`stage_medians`).
-    Relative errors are ``(predicted - measured) / measured``."""
+def _config_inputs(c: RunConfig, profile: Any, opt_blocks: Sequence[float]
+                   ) -> tuple[tuple[int, ...], dict[str, dict[str, str]], list[float]]:
+    """Cuts, codec per edge and direction, and optimizer seconds per stage of run config ``c``."""
     from layeredge_dist.pipeline import setup
-    from layeredge_dist.plan import predict
 
     n = c.pipeline.stages
     cuts = tuple(setup.cuts(c, setup.model_spec(c)))
-    codec_map = config_codecs(c)
     bounds = (0, *cuts, profile.n_blocks)
-    opt = [sum(opt_blocks[bounds[s]:bounds[s + 1]]) for s in range(n)]
+    return cuts, config_codecs(c), [sum(opt_blocks[bounds[s]:bounds[s + 1]]) for s in range(n)]
+
+
+def host_prediction(c: RunConfig, profile: Any, opt_blocks: Sequence[float], cluster: Any, speeds: Any,
+                    host: Any) -> float:
+    """The simulator's step seconds for run config ``c`` on ``host`` (a :class:`~layeredge_dist.plan.HostModel`:
+    shared cores, codecs on the stage threads, per-message and per-step overheads)."""
+    from layeredge_dist.plan import predict
+
+    cuts, codec_map, opt = _config_inputs(c, profile, opt_blocks)
+    return predict(profile, cuts, codec_map, cluster, c.pipeline.schedule, c.pipeline.microbatches, speeds=speeds,
+                   opt_time_s=opt, host=host).step_time_s
+
+
+def fit_config_host(runs: Sequence[tuple[RunConfig, float]], profile: Any, opt_blocks: Sequence[float],
+                    cluster: Any, speeds: Any, cores: float) -> tuple[Any, float]:
+    """Calibrate a :class:`~layeredge_dist.plan.HostModel` with ``cores`` shared cores on measured runs
+    (``(run config, median step seconds)``): :func:`~layeredge_dist.plan.fit_host`. Returns the model and its
+    largest relative error on those runs."""
+    from layeredge_dist.plan import HostModel, fit_host
+
+    return fit_host(lambda h: [host_prediction(c, profile, opt_blocks, cluster, speeds, h) for c, _ in runs],
+                    [m for _, m in runs], HostModel(cores))
+
+
+def predict_config(c: RunConfig, profile: Any, opt_blocks: Sequence[float], cluster: Any, speeds: Any,
+                   stages: list[dict[str, float]], measured_s: float, cores: float,
+                   host: Any = None) -> dict[str, Any]:
+    """Predicted step times of run config ``c`` (its cuts, codecs, schedule, micro-batches) against
+    ``measured_s``: from the in-process ``profile`` as is, scaled by ``stages / cores`` when there are fewer
+    cores than stages, with the stages' own measured compute (``stages``: :func:`stage_medians`), and -- given a
+    calibrated ``host`` (:class:`~layeredge_dist.plan.HostModel`) -- on that host model (``predicted_host_s``).
+    Relative errors are ``(predicted - measured) / measured``."""
+    from layeredge_dist.plan import predict
+
+    n = c.pipeline.stages
+    cuts, codec_map, opt = _config_inputs(c, profile, opt_blocks)
     factor = max(1.0, n / cores)
     preds = {tag: predict(profile.with_compute_scaled(f), cuts, codec_map, cluster, c.pipeline.schedule,
                           c.pipeline.microbatches, speeds=speeds, opt_time_s=[o * f for o in opt],
                           method="simulate").step_time_s
              for tag, f in (("", 1.0), ("_cores", factor))}
     stage_pred, slowdown = _stage_compute_prediction(profile, cuts, codec_map, cluster, c, speeds, stages, opt)
-    return {
+    out = {
         "cuts": list(cuts), "codecs": codec_map, "schedule": c.pipeline.schedule,
         "predicted_s": preds[""], "measured_s": measured_s, "rel_error": (preds[""] - measured_s) / measured_s,
         "predicted_cores_s": preds["_cores"], "rel_error_cores": (preds["_cores"] - measured_s) / measured_s,
         "predicted_stage_compute_s": stage_pred,
         "rel_error_stage_compute": (stage_pred - measured_s) / measured_s, "compute_slowdown": slowdown,
     }
+    if host is not None:
+        hp = host_prediction(c, profile, opt_blocks, cluster, speeds, host)
+        out.update(predicted_host_s=hp, rel_error_host=(hp - measured_s) / measured_s, host=host.to_dict())
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -398,24 +398,33 @@ def measure_speeds(specs: Sequence[str], numel: int, reps: int = 5, threads: int
                    seed: int = 0) -> dict[str, tuple[float, float]]:
     """``spec -> (encode_Bps, decode_Bps)`` of fp32 input, measured here on a ``numel``-element Gaussian tensor
     (median of ``reps`` after one warm-up, ``threads`` torch threads), for :func:`layeredge_dist.plan.predict`'s
-    ``speeds``. fp32 / raw are timed as the copy they are; stateful wrappers (``ef(...)``, ``delta(...)``) are
-    left out (the built-in estimate applies)."""
+    ``speeds``. fp32 / raw are timed as the copy they are; error feedback (``ef(...)``) is timed with its state as
+    the stage runtime drives it (a fresh tensor each repetition); ``delta(...)`` is left out (its cost depends on
+    the reference it keeps; the built-in estimate applies)."""
     from layeredge_dist.codecs import Codec, parse_any
+    from layeredge_dist.codecs.stateful import ErrorFeedback
 
     if numel < 1:
         raise ValueError(f"numel must be >= 1, got {numel}")
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(numel, generator=g)  # (numel,)
+    xs = [torch.randn(numel, generator=g) for _ in range(2)]  # (numel,) each; alternate so EF sees new input
     out: dict[str, tuple[float, float]] = {}
     with torch_threads(threads):
         for spec in dict.fromkeys(canonical_spec(s) for s in specs):
             codec = parse_any(spec)
-            if not isinstance(codec, Codec):
-                continue  # stateful wrappers: the planner's built-in estimate stands
+            if isinstance(codec, ErrorFeedback):
+                state = codec.new_state()
+                encode: Callable[[torch.Tensor], Any] = lambda x, c=codec, st=state: c.encode(x, st)
+            elif isinstance(codec, Codec):
+                encode = codec.encode
+            else:
+                continue  # delta(...): the planner's built-in estimate stands
+            lossless = is_lossless(spec)
             enc_t, dec_t = [], []
             for rep in range(reps + 1):
+                x = xs[rep % 2]
                 t0 = time.perf_counter()
-                enc = codec.encode(x) if not is_lossless(spec) else None
+                enc = None if lossless else encode(x)
                 t1 = time.perf_counter()
                 if enc is not None:
                     codec.decode(enc)

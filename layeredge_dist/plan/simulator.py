@@ -46,6 +46,7 @@ from layeredge_dist.schedule import (Backward, DeadlockError, Forward, Optimizer
 
 from .cluster import ClusterSpec, LinkSpec, as_cluster, parse_bandwidth, parse_duration
 from .codec_costs import Speeds, codec_cost, edge_time
+from .hosts import HostModel, host_step_time
 from .profile import DIRECTIONS, ModelProfile, check_cuts, stage_ranges
 
 SCHEDULES: tuple[str, ...] = ("gpipe", "1f1b", "interleaved")
@@ -200,6 +201,21 @@ class PipelineModel:
         act = [self.comm(e, "forward", f)[0] for e, (f, _) in enumerate(pairs)]
         grad = [self.comm(e, "backward", b)[0] for e, (_, b) in enumerate(pairs)]
         return act, grad
+
+    def codec_parts(self, edge: int, direction: str, spec: str) -> tuple[float, float, float]:
+        """(encode, wire, decode) seconds of one micro-batch's tensor on virtual edge ``edge`` in ``direction``;
+        wire = latency + bytes / bandwidth. Their sum is :meth:`comm`'s time."""
+        cost = codec_cost(spec, self.speeds)
+        n = self.profile.boundary_elements(self.boundaries[edge], direction)
+        return cost.encode_s(n), self.links[edge].transfer_s(cost.wire_bytes(n)), cost.decode_s(n)
+
+    def host_step_time(self, pairs: Sequence[tuple[str, str]], host: HostModel) -> float:
+        """Step time for ``(forward, backward)`` specs per virtual edge on ``host``
+        (:func:`~.hosts.host_step_time`: codecs on the stages' threads, shared cores, software overheads)."""
+        parts = ([self.codec_parts(e, "forward", f) for e, (f, _) in enumerate(pairs)]
+                 + [self.codec_parts(e, "backward", b) for e, (_, b) in enumerate(pairs)])
+        return host_step_time(self.compiled(), self.fwd, self.bwd, self.opt, [x[0] for x in parts],
+                              [x[1] for x in parts], [x[2] for x in parts], host)[0]
 
     def compiled(self) -> _Compiled:
         """The schedule compiled for :func:`fast_step_time` (cached across models)."""
@@ -463,13 +479,19 @@ def simulation(profile: ModelProfile, cuts: Sequence[int] | None, codecs_per_edg
     return simulate(model.build_schedule(), model.fwd, model.bwd, act, grad, model.opt, True)
 
 
-def predict_model(model: PipelineModel, pairs: Sequence[tuple[str, str]], method: str = "auto") -> Prediction:
-    """:func:`predict` for a prepared :class:`PipelineModel` and ``(forward, backward)`` specs per virtual edge."""
-    method = _choose_method(model, method)
+def predict_model(model: PipelineModel, pairs: Sequence[tuple[str, str]], method: str = "auto",
+                  host: HostModel | None = None) -> Prediction:
+    """:func:`predict` for a prepared :class:`PipelineModel` and ``(forward, backward)`` specs per virtual edge;
+    with ``host``, the step comes from :meth:`PipelineModel.host_step_time` (``method`` is then ``"host"``)."""
+    method = "host" if host is not None else _choose_method(model, method)
     act, grad = model.comm_times(pairs)
     p, m = model.num_stages, model.microbatches
     busy: tuple[float, ...]
-    if method == "simulate":
+    if host is not None:
+        step = model.host_step_time(pairs, host)
+        busy = tuple(host.compute_scale * (m * (f + b) + o) for (f, b), o in zip(model.stage_compute(), model.opt))
+        bubble = 1.0 - sum(busy) / (p * step) if step > 0 else 0.0
+    elif method == "simulate":
         res = simulate(model.build_schedule(), model.fwd, model.bwd, act, grad, model.opt, True)
         step, busy, bubble = res.step_time, res.busy, res.bubble_fraction
     else:
@@ -499,7 +521,7 @@ def predict_model(model: PipelineModel, pairs: Sequence[tuple[str, str]], method
 def predict(profile: ModelProfile, cuts: Sequence[int] | None, codecs_per_edge: Codecs,
             cluster: ClusterSpec | LinkSpec | str | float, schedule: str = "1f1b", microbatches: int | None = None,
             chunks: int = 1, *, speeds: Speeds | None = None, method: str = "auto",
-            opt_time_s: float | Sequence[float] = 0.0) -> Prediction:
+            opt_time_s: float | Sequence[float] = 0.0, host: HostModel | None = None) -> Prediction:
     """Predict one training step (see the module docstring).
 
     Args:
@@ -513,6 +535,8 @@ def predict(profile: ModelProfile, cuts: Sequence[int] | None, codecs_per_edge: 
         speeds: measured codec speeds ``spec -> (encode_Bps, decode_Bps)`` overriding the built-in table.
         method: ``auto``, ``simulate``, ``fast`` or ``analytic``.
         opt_time_s: optimizer step seconds (one number or one per stage).
+        host: the machines' cores and software overheads (:class:`~.hosts.HostModel`); None = one core per stage,
+            codecs folded into the link time, no overheads (the plain replay of ``method``).
 
     Raises ValueError for inconsistent cuts, codecs, schedule or cluster size.
     """
@@ -522,7 +546,7 @@ def predict(profile: ModelProfile, cuts: Sequence[int] | None, codecs_per_edge: 
     else:
         model = PipelineModel(profile, cuts, cluster, schedule=schedule, microbatches=microbatches, chunks=chunks,
                               speeds=speeds, opt_time_s=opt_time_s)
-    return predict_model(model, resolve_codecs(codecs_per_edge, model.num_stages, chunks), method)
+    return predict_model(model, resolve_codecs(codecs_per_edge, model.num_stages, chunks), method, host)
 
 
 def what_if(profile: ModelProfile, nodes: int, bandwidth: str | float, *, latency: str | float = 0.0,

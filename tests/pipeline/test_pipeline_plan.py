@@ -200,3 +200,16 @@ def test_directions_restrict_the_codecs_per_direction() -> None:
     plan, _ = choose_plan(prof, 2, "1Mbit", ["int8", "int2", "ef(int2)"], budget=1e9)  # a slow link: compress
     for dirs in plan.codecs_dict().values():
         assert dirs == {"forward": "int2", "backward": "ef(int2)"}
+
+
+def test_measure_speeds_times_error_feedback() -> None:
+    """ef(...) is timed with its state (it used to fall back to the 64 MiB table, 3-7x too fast for the small
+    tensors of a pipeline); delta(...) still uses the built-in estimate; fp32 is a copy."""
+    from layeredge_dist.pipeline.planning import measure_speeds
+
+    got = measure_speeds(["fp32", "int8", "ef(int8)", "delta(int8)"], 4096, reps=2)
+    assert set(got) == {"fp32", "int8", "ef(int8)"}
+    for enc, dec in got.values():
+        assert enc > 0 and dec > 0
+    with pytest.raises(ValueError):
+        measure_speeds(["int8"], 0)

@@ -35,7 +35,8 @@ def test_plan_beats_fp32_at_100mbit() -> None:
     settings = E2ESettings(rates=("100mbit",), configs=("fp32", "plan"), steps=8, eval_every=4, eval_batches=1,
                            calib_steps=2, calib_batches=1, candidates=("bf16", "int8", "int4", "int2"),
                            budget=0.05, trial_steps=0,  # one-shot sensitivities: the trials are unit-tested
-                           overrides=SMALL, probe_bytes=2 << 20, start_timeout_s=150.0, run_timeout_s=400.0)
+                           overrides=SMALL, probe_bytes=2 << 20, start_timeout_s=150.0, run_timeout_s=400.0,
+                           host_calib_steps=5)
     result = run_e2e(settings, log=print)
     print(format_rows(result))
     rows = {r["config"]: r for r in result["rows"]}
@@ -46,7 +47,11 @@ def test_plan_beats_fp32_at_100mbit() -> None:
     assert fp32["bytes_per_step"] == pytest.approx(4 * 32 * 128 * 64 * 4, rel=0.01)  # 2 cuts x fwd + bwd
     assert plan["step_s"] < fp32["step_s"], (f"plan {plan['step_s']:.3f} s/step vs fp32 {fp32['step_s']:.3f} s/step "
                                              f"on 100 Mbit/s links")
+    # the simulator's host model was fitted on separate calibration runs and predicts every row
+    cal = result["host_calibration"]
+    assert [r["config"] for r in cal["runs"]] == ["fp32", "strong"] and cal["host"]["cores"] >= 1
     for r in rows.values():
+        assert r["prediction"]["predicted_host_s"] > 0 and "rel_error_host" in r["prediction"]
         assert r["val_curve"] and r["final_val_loss"] == r["val_curve"][-1]["val_loss"]
         assert {p["node_ip"] for p in r["placement"]} == set(result["testbed"]["hosts"])  # one stage per host
     # torn down: no namespace, state file or process of ours is left

@@ -75,10 +75,15 @@ def test_settings_and_cli_options() -> None:
         E2ESettings(target_frac=0.0)
     with pytest.raises(ValueError):
         E2ESettings(hosts=1)
+    with pytest.raises(ValueError, match="host_calib_steps"):
+        E2ESettings(host_calib_steps=2)  # not more than the warm-up steps the median skips
+    assert E2ESettings(host_calib_steps=0).host_calib_steps == 0
     p = argparse.ArgumentParser()
     add_arguments(p)
-    a = p.parse_args(["--rates", "100mbit,unshaped", "--steps", "20", "--target-loss", "3.0", "--json"])
+    a = p.parse_args(["--rates", "100mbit,unshaped", "--steps", "20", "--target-loss", "3.0", "--json",
+                      "--host-calib-steps", "8"])
     assert a.rates == "100mbit,unshaped" and a.steps == 20 and a.target_loss == 3.0 and a.json
+    assert a.host_calib_steps == 8
     from layeredge_dist.cli.main import BENCHES
 
     assert "e2e" in BENCHES

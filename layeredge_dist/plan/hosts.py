@@ -1,0 +1,227 @@
+"""The hosts under a pipeline: CPU cores shared by its stages, and per-message / per-step software overhead.
+
+The plain replay (:func:`~.simulator.fast_step_time`) gives every stage its own processor and folds a codec's
+encode and decode into the link time. That is the right model for one stage per machine with codecs on spare
+cores. Our stage runtime encodes on the sending stage's thread (``send`` returns once the frame is queued) and
+decodes on the receiving stage's thread (``receive``), so codec work delays the stage itself; and where several
+stages share a machine's cores -- the network-namespace testbed puts every host on the same VM -- they slow each
+other down whenever more of them are busy than there are cores.
+
+:func:`host_step_time` replays a compiled schedule with both effects, as a fluid processor-sharing simulation:
+
+- every piece of CPU work (a forward, a backward, an optimizer step, an encode, a decode) is a job of the stage
+  that runs it; a stage runs its actions in order and has at most one job at a time;
+- with ``n`` jobs running and ``cores`` cores, each job advances at ``min(1, cores / n)`` seconds of work per
+  second (``cores=None``: every job at full speed, one core per stage);
+- a send first encodes (a job), then puts the payload on its directed link; links carry one message at a time in
+  the order they were queued (as in ``schedule.replay`` with ``serialize_links=True``) and a message arrives
+  ``wire + message_overhead_s`` after its transfer starts (the overhead -- Python, gRPC and thread hand-offs on
+  both ends -- delays the message but does not hold the link);
+- a receive waits for the arrival, then decodes (a job);
+- the step ends when every stage has finished its actions, plus ``step_overhead_s`` (the driver's dispatch and
+  result collection).
+
+:class:`HostModel` holds the four numbers (``compute_scale`` multiplies all CPU work: the profile was measured on
+an idle core, the stage processes may be slower). :func:`fit_host` calibrates them on measured steps by a grid
+search that minimises the largest relative error.
+
+Units: seconds (work is seconds at full speed of one core), cores. Pure: no clocks, no processes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from layeredge_dist.schedule import DeadlockError
+
+if TYPE_CHECKING:
+    from .simulator import _Compiled
+
+#: Work below this many seconds counts as done (floating-point slack of the fluid simulation).
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class HostModel:
+    """How the machines under a pipeline behave.
+
+    Attributes:
+        cores: CPU cores shared by all stages (a fraction for cores shared with other work); None = one core per
+            stage (no contention).
+        message_overhead_s: software delay per message, seconds, on top of latency + bytes / bandwidth.
+        step_overhead_s: driver time per step outside the stages, seconds.
+        compute_scale: multiplier on every piece of CPU work (compute and codecs).
+
+    ValueError for ``cores <= 0``, negative overheads or ``compute_scale <= 0``.
+    """
+
+    cores: float | None = None
+    message_overhead_s: float = 0.0
+    step_overhead_s: float = 0.0
+    compute_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.cores is not None and not (self.cores > 0 and math.isfinite(self.cores)):
+            raise ValueError(f"cores must be a finite number > 0 or None, got {self.cores!r}")
+        for name in ("message_overhead_s", "step_overhead_s"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be finite and >= 0, got {v!r}")
+        if not (self.compute_scale > 0 and math.isfinite(self.compute_scale)):
+            raise ValueError(f"compute_scale must be finite and > 0, got {self.compute_scale!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible dict; ``HostModel.from_dict(h.to_dict()) == h``."""
+        return {"cores": self.cores, "message_overhead_s": self.message_overhead_s,
+                "step_overhead_s": self.step_overhead_s, "compute_scale": self.compute_scale}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HostModel:
+        """Inverse of :meth:`to_dict`; missing keys take the defaults."""
+        cores = data.get("cores")
+        return cls(None if cores is None else float(cores), float(data.get("message_overhead_s", 0.0)),
+                   float(data.get("step_overhead_s", 0.0)), float(data.get("compute_scale", 1.0)))
+
+    def describe(self) -> str:
+        """One line, e.g. ``2 shared cores, 1.5 ms per message, 5 ms per step, compute x1.1``."""
+        cores = "a core per stage" if self.cores is None else f"{self.cores:g} shared cores"
+        return (f"{cores}, {self.message_overhead_s * 1e3:.2g} ms per message, {self.step_overhead_s * 1e3:.2g} ms "
+                f"per step, compute x{self.compute_scale:.3g}")
+
+
+def host_step_time(compiled: _Compiled, fwd: Sequence[float], bwd: Sequence[float], opt: Sequence[float],
+                   encode: Sequence[float], wire: Sequence[float], decode: Sequence[float],
+                   host: HostModel) -> tuple[float, tuple[float, ...]]:
+    """(step seconds, finish time of each stage) of ``compiled`` on ``host`` (see the module docstring).
+
+    ``fwd`` / ``bwd``: seconds per micro-batch per virtual stage; ``opt``: per physical stage; ``encode``,
+    ``wire``, ``decode``: per transfer index (activations of virtual edges ``0..V-2`` then gradients), seconds per
+    message (``wire`` includes the link latency). DeadlockError when some stage never finishes.
+    """
+    p = compiled.num_stages
+    k = host.compute_scale
+    durations = [k * t for t in (*fwd, *bwd, *opt)]
+    enc = [k * t for t in encode]
+    dec = [k * t for t in decode]
+    ops = compiled.ops
+    n_msg = compiled.num_messages
+    delivered = [False] * n_msg
+    msg_decode = [0.0] * n_msg
+    waiting = [-1] * n_msg
+    link_free = [0.0] * compiled.num_links
+    in_flight: list[tuple[float, int, int]] = []  # (arrival, order, message)
+    ptr = [0] * p
+    work = [0.0] * p  # remaining seconds of work of the stage's job
+    busy = [False] * p
+    on_done: list[tuple[int, int, int] | None] = [None] * p  # (message, link, transfer) of an encode job
+    finish = [math.nan] * p
+    now = 0.0
+    order = 0
+
+    def run_until_blocked(s: int) -> None:
+        """Start stage ``s``'s next job, or leave it waiting for a message, or mark it finished."""
+        acts = ops[s]
+        while ptr[s] < len(acts):
+            kind, a, b, c = acts[ptr[s]]
+            if kind == 0:
+                cost = durations[a]
+            elif kind == 1:
+                cost = enc[c]
+                on_done[s] = (a, b, c)
+            else:
+                if not delivered[a]:
+                    waiting[a] = s
+                    return
+                cost = msg_decode[a]
+            if cost > _EPS:
+                work[s], busy[s] = cost, True
+                return
+            complete(s)
+        finish[s] = now
+
+    def complete(s: int) -> None:
+        """Stage ``s``'s current action is done: put an encoded message on its link; move on."""
+        nonlocal order
+        sent = on_done[s]
+        if sent is not None:
+            a, b, c = sent
+            start = max(now, link_free[b])
+            link_free[b] = start + wire[c]
+            msg_decode[a] = dec[c]
+            heapq.heappush(in_flight, (start + wire[c] + host.message_overhead_s, order, a))
+            order += 1
+            on_done[s] = None
+        ptr[s] += 1
+
+    for s in range(p):
+        run_until_blocked(s)
+    cores = host.cores
+    while True:
+        active = [s for s in range(p) if busy[s]]
+        if not active and not in_flight:
+            break
+        rate = 1.0 if cores is None or len(active) <= cores else cores / len(active)
+        dt = min((work[s] for s in active), default=math.inf) / rate
+        if in_flight and in_flight[0][0] - now < dt:
+            dt = max(0.0, in_flight[0][0] - now)
+        now += dt
+        done = []
+        for s in active:
+            work[s] -= dt * rate
+            if work[s] <= _EPS:
+                busy[s] = False
+                done.append(s)
+        for s in done:
+            complete(s)
+            run_until_blocked(s)
+        while in_flight and in_flight[0][0] <= now + _EPS:
+            _, _, a = heapq.heappop(in_flight)
+            delivered[a] = True
+            w = waiting[a]
+            if w >= 0:
+                waiting[a] = -1
+                run_until_blocked(w)
+    stuck = [s for s in range(p) if math.isnan(finish[s])]
+    if stuck:
+        raise DeadlockError(f"stages {stuck} never finish")
+    return max(finish, default=0.0) + host.step_overhead_s, tuple(finish)
+
+
+#: Default grid of :func:`fit_host`: effective cores are searched around the given number.
+DEFAULT_OVERHEADS_S: tuple[float, ...] = (0.0, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.006)
+DEFAULT_STEP_OVERHEADS_S: tuple[float, ...] = (0.0, 0.002, 0.005, 0.01, 0.02)
+DEFAULT_SCALES: tuple[float, ...] = (0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
+
+
+def fit_host(predict_step: Callable[[HostModel], Sequence[float]], measured_s: Sequence[float],
+             base: HostModel = HostModel(), *, scales: Iterable[float] = DEFAULT_SCALES,
+             message_overheads_s: Iterable[float] = DEFAULT_OVERHEADS_S,
+             step_overheads_s: Iterable[float] = DEFAULT_STEP_OVERHEADS_S) -> tuple[HostModel, float]:
+    """The :class:`HostModel` (``base.cores`` kept) whose predictions ``predict_step(host)`` -- one step time per
+    measured run -- come closest to ``measured_s``: the smallest largest relative error over a grid of compute
+    scales, message and step overheads (ties: the smaller sum of squared errors). Returns it and that largest
+    relative error. ValueError for no measurements or a length mismatch."""
+    meas = [float(m) for m in measured_s]
+    if not meas or any(not m > 0 for m in meas):
+        raise ValueError("fit_host needs at least one measured step time > 0")
+    best: tuple[float, float, HostModel] | None = None
+    for scale in scales:
+        for msg in message_overheads_s:
+            for step in step_overheads_s:
+                host = replace(base, compute_scale=scale, message_overhead_s=msg, step_overhead_s=step)
+                pred = list(predict_step(host))
+                if len(pred) != len(meas):
+                    raise ValueError(f"predict_step gave {len(pred)} step times for {len(meas)} measurements")
+                errs = [(p_ - m) / m for p_, m in zip(pred, meas)]
+                key = (max(abs(e) for e in errs), sum(e * e for e in errs))
+                if best is None or key < best[:2]:
+                    best = (key[0], key[1], host)
+    assert best is not None
+    return best[2], best[0]
+
+
+__all__ = ["HostModel", "fit_host", "host_step_time"]
