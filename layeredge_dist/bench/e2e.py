@@ -25,7 +25,11 @@ every ``--eval-every`` steps on ``--eval-batches`` held-out batches (and at the 
 inter-stage bytes per training step (sum over the cuts, forward + backward, metadata included; validation traffic
 is excluded) and per edge, the bits per element forward and backward from the stages' own counters, and the
 simulator's predicted step for the same cuts, codecs and probed links (``prediction``: from the in-process
-profile, scaled for the cores, and with the stages' own measured compute; relative errors to the measured p50).
+profile, scaled for the cores, with the stages' own measured compute, and -- ``predicted_host_s`` -- on a
+:class:`~layeredge_dist.plan.HostModel` fitted before the rates on two separate short runs (fp32 and ``strong``,
+``--host-calib-steps`` each, unshaped links): the testbed's hosts share this machine's cores, codecs run on the
+stage threads, and every message and step carries a software overhead; relative errors to the measured p50).
+Codec speeds for the planner and the simulator are measured in-process on the real tensor size next to the profile.
 
 Time to target: the target validation loss is ``--target-loss`` if given, else the loss the fp32 run of the same
 rate reaches at its first evaluation at or after ``--target-frac`` (default 0.6) of the steps. A configuration's
@@ -475,7 +479,7 @@ def drive(job: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
             else:  # plan
                 if cluster is None:
                     cluster, out["probe"] = _probe_cluster(cfg, int(s["probe_bytes"]), log)
-                plan = _choose_plan(job["profile"], cfg, cluster, s, log)
+                plan = _choose_plan(job["profile"], cfg, cluster, s, log, job.get("speeds"))
                 out["plan"] = plan.to_dict() | {"step_time_s": plan.step_time_s,
                                                  "total_sensitivity": plan.total_sensitivity}
                 overrides = list(plan.overrides())
@@ -553,7 +557,9 @@ def _probe_cluster(cfg: Any, probe_bytes: int, log: Callable[[str], None]) -> tu
 
 
 def _choose_plan(profile_dict: dict[str, Any] | None, cfg: Any, cluster: Any, s: dict[str, Any],
-                 log: Callable[[str], None]) -> Any:
+                 log: Callable[[str], None], speeds: Any = None) -> Any:
+    """The planner's plan for the probed ``cluster``; ``speeds``: the codec speeds measured on the real tensor
+    size next to the profile (None: the built-in 64 MiB table, several times too fast for small tensors)."""
     from layeredge_dist.pipeline.planning import choose_plan
     from layeredge_dist.plan import ModelProfile
 
@@ -562,7 +568,7 @@ def _choose_plan(profile_dict: dict[str, Any] | None, cfg: Any, cluster: Any, s:
     profile = ModelProfile.from_dict(profile_dict)
     candidates = list(dict.fromkeys([*s["candidates"], *s["backward_candidates"]]))
     plan, base = choose_plan(profile, cfg.pipeline.stages, cluster, candidates, budget=s["budget"],
-                             schedule=cfg.pipeline.schedule)
+                             schedule=cfg.pipeline.schedule, speeds=speeds)
     log(f"  plan for {cluster.describe()}: cuts {list(plan.cuts)}, codecs {plan.codecs_dict()}, predicted step "
         f"{plan.step_time_s:.3f} s (fp32 {base['fp32'].step_time_s:.3f} s), total sensitivity "
         f"{plan.total_sensitivity:.4g} (budget {s['budget']})")
