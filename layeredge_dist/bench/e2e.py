@@ -312,6 +312,8 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
             out["rows"] += rows
             for r in rows:
                 log(_row_line(r))
+    if profile is not None and len(out["rows"]) >= 2:
+        _add_cross_validation(out, cfg, log)
     out["seconds"] = time.perf_counter() - t_start
     out["load_average"]["end"] = list(os.getloadavg())  # the machines are shared: compute time varies with load
     return out
@@ -350,6 +352,29 @@ def _calibrate_host(tb: Any, nodes: Any, settings: E2ESettings, cfg: Any, out: d
     return {"host": host.to_dict(), "max_rel_error": err, "steps": n, "probe": res["probe"],
             "runs": [{"config": r["config"], "step_s": r["step_s"], "stage_medians": r["stage_medians"]}
                      for r in res["runs"]]}
+
+
+def _add_cross_validation(out: dict[str, Any], cfg: Any, log: Callable[[str], None]) -> None:
+    """Per row, the step predicted by a host model fitted on every *other* row (leave-one-out over all rates and
+    configurations; :func:`~layeredge_dist.bench.simulator.cross_validated_hosts`): ``prediction`` gets
+    ``predicted_host_cv_s``, ``rel_error_host_cv`` and ``host_cv``."""
+    from layeredge_dist.bench.simulator import _cores, cross_validated_hosts
+    from layeredge_dist.config import with_overrides
+    from layeredge_dist.plan import ModelProfile
+
+    rows = [r for r in out["rows"] if r.get("prediction") is not None]
+    if len(rows) < 2:
+        return
+    runs = [(with_overrides(cfg, r["overrides"]),
+             _cluster_from_probe_dict(out["rates"][r["bandwidth"]]["probe"], cfg.pipeline.stages), r["step_s"])
+            for r in rows]
+    profile = ModelProfile.from_dict(out["profile"]["profile"])
+    t0 = time.perf_counter()
+    for r, (host, pred) in zip(rows, cross_validated_hosts(runs, profile, out["profile"]["opt_s"],
+                                                           out["codec_speeds_Bps"], _cores())):
+        r["prediction"].update(predicted_host_cv_s=pred, rel_error_host_cv=(pred - r["step_s"]) / r["step_s"],
+                               host_cv=host.to_dict())
+    log(f"leave-one-out host models over {len(rows)} runs: {time.perf_counter() - t0:.1f} s")
 
 
 def _run_driver(nodes: Any, job: dict[str, Any], timeout_s: float, progress: bool) -> dict[str, Any]:
@@ -400,10 +425,11 @@ def _row_line(r: dict[str, Any]) -> str:
 
 def _prediction_cells(p: dict[str, Any] | None) -> str:
     if p is None:
-        return f" {'-':>7s} {'-':>7s} {'-':>22s} {'-':>10s} {'-':>8s}"
+        return f" {'-':>7s} {'-':>7s} {'-':>22s} {'-':>10s} {'-':>8s} {'-':>7s}"
     host = (f" {p['predicted_host_s']:10.3f} {p['rel_error_host']:+8.0%}" if "predicted_host_s" in p
             else f" {'-':>10s} {'-':>8s}")
-    return f" {p['predicted_s']:7.3f} {p['rel_error']:+7.0%} {p['rel_error_stage_compute']:+22.0%}" + host
+    cv = f" {p['rel_error_host_cv']:+7.0%}" if "rel_error_host_cv" in p else f" {'-':>7s}"
+    return f" {p['predicted_s']:7.3f} {p['rel_error']:+7.0%} {p['rel_error_stage_compute']:+22.0%}" + host + cv
 
 
 def format_rows(result: dict[str, Any]) -> str:
@@ -421,7 +447,7 @@ def format_rows(result: dict[str, Any]) -> str:
                          f"{plan.get('step_time_s', float('nan')):.3f} s")
     head = (f"{'bandwidth':10s} {'config':8s} {'step p50 s':>10s} {'to target s':>11s} {'final val':>9s} "
             f"{'MB/step':>8s} {'bits fwd':>8s} {'bits bwd':>8s} {'vs fp32':>8s} {'sim s':>7s} {'sim err':>7s} "
-            f"{'sim(stage compute) err':>22s} {'sim host s':>10s} {'host err':>8s}")
+            f"{'sim(stage compute) err':>22s} {'sim host s':>10s} {'host err':>8s} {'cv err':>7s}")
     load = result.get("load_average") or {}
     if load.get("start") and load.get("end"):
         lines.append(f"load average (1 min) {load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end "
@@ -437,6 +463,7 @@ def format_rows(result: dict[str, Any]) -> str:
     lines.append("sim: the simulator's predicted step from the in-process profile and the probed links; sim(stage "
                  "compute): the same with the stages' own measured compute; sim host: on the host model calibrated "
                  "by separate runs before the rates (shared cores, codecs on the stage threads, software overheads); "
+                 "cv: the host model fitted on all the other rows (leave-one-out); "
                  "err = (predicted - measured) / measured")
     cal = result.get("host_calibration")
     if cal:

@@ -33,6 +33,20 @@ average of the machine before and after is recorded too (the development machine
 
 JSON: ``{"rows": [{"bandwidth", "config", "predicted_s", "measured_s", "rel_error", "predicted_cores_s",
 "rel_error_cores", ...}], ...}``.
+
+``--testbed`` (root) measures on shaped links instead: a 3-host testbed (network namespaces, ``tc tbf``), one
+stage per host, for every rate of ``--rates`` (default 100mbit,1gbit,unshaped) fp32, bf16, the planner's plan
+(for the probed links, within ``--budget`` one-shot sensitivity) and a strong fixed configuration (int4/rht
+forward, ef(int8) backward), ``--steps`` measured steps each after 3 warm-up steps -- the runs of ``layeredge
+bench e2e`` made short. The testbed's hosts share this machine's cores, so the simulator predicts with a
+:class:`~layeredge_dist.plan.HostModel` (cores shared by all stages, codecs on the stage threads, per-message
+and per-step overhead, a compute scale) fitted beforehand on two separate runs on unshaped links (fp32 and the
+strong configuration, ``--host-calib-steps`` each); every row is a different run, predicted, not fitted. Its
+rows: ``predicted_s`` / ``rel_error`` from that host model, ``predicted_plain_s`` / ``rel_error_plain`` from the
+plain replay (a core per stage, codecs beside the link), ``predicted_stage_compute_s`` with the stages' own
+measured compute, ``predicted_cv_s`` / ``rel_error_cv`` from a host model fitted on all the other rows
+(leave-one-out: more data for the fit, which averages a shared machine's run-to-run noise, each prediction still
+out of sample).
 """
 
 from __future__ import annotations
@@ -43,7 +57,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from layeredge_dist.config import ConfigError, RunConfig, with_overrides
@@ -68,6 +82,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=3, help="local Ray nodes (default 3: one per stage)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a run config field (see layeredge train --help)")
+    p.add_argument("--testbed", action="store_true",
+                   help="measure on a shaped 3-host testbed (root) at --rates instead of a local cluster; predict "
+                   "with a host model calibrated on separate runs")
+    p.add_argument("--rates", default="100mbit,1gbit,unshaped",
+                   help="with --testbed: link rates, comma-separated (default 100mbit,1gbit,unshaped)")
+    p.add_argument("--hosts", type=int, default=3, help="with --testbed: emulated hosts (default 3)")
+    p.add_argument("--host-calib-steps", type=int, default=15,
+                   help="with --testbed: steps of each host-model calibration run (default 15; 0 = plain "
+                   "predictions only)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
 
@@ -169,6 +192,18 @@ def fit_config_host(runs: Sequence[tuple[RunConfig, float]], profile: Any, opt_b
                     [m for _, m in runs], HostModel(cores))
 
 
+def cross_validated_hosts(runs: Sequence[tuple[RunConfig, Any, float]], profile: Any, opt_blocks: Sequence[float],
+                          speeds: Any, cores: float) -> list[tuple[Any, float]]:
+    """Leave-one-out host models over measured runs ``(run config, cluster, median step seconds)``: per run, the
+    :class:`~layeredge_dist.plan.HostModel` (``cores`` shared cores) fitted on all the other runs and its predicted
+    step for this one (:func:`~layeredge_dist.plan.cross_validate_host`)."""
+    from layeredge_dist.plan import HostModel, cross_validate_host
+
+    return cross_validate_host(
+        lambda i, h: host_prediction(runs[i][0], profile, opt_blocks, runs[i][1], speeds, h),
+        [m for _, _, m in runs], HostModel(cores))
+
+
 def predict_config(c: RunConfig, profile: Any, opt_blocks: Sequence[float], cluster: Any, speeds: Any,
                    stages: list[dict[str, float]], measured_s: float, cores: float,
                    host: Any = None) -> dict[str, Any]:
@@ -200,12 +235,88 @@ def predict_config(c: RunConfig, profile: Any, opt_blocks: Sequence[float], clus
     return out
 
 
+def _testbed_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """``bench e2e`` rows as simulator rows: the host model's prediction first (the plain one when there is no
+    host model), then the plain replay's and the stage-compute one."""
+    rows = []
+    for r in result["rows"]:
+        p = r.get("prediction")
+        if p is None:
+            continue
+        host = "predicted_host_s" in p
+        rows.append({
+            "bandwidth": r["bandwidth"], "config": r["config"],
+            "predicted_s": p["predicted_host_s"] if host else p["predicted_s"], "measured_s": r["step_s"],
+            "rel_error": p["rel_error_host"] if host else p["rel_error"],
+            "predicted_plain_s": p["predicted_s"], "rel_error_plain": p["rel_error"],
+            "predicted_stage_compute_s": p["predicted_stage_compute_s"],
+            "rel_error_stage_compute": p["rel_error_stage_compute"], "compute_slowdown": p["compute_slowdown"],
+            "predicted_cv_s": p.get("predicted_host_cv_s"), "rel_error_cv": p.get("rel_error_host_cv"),
+            "cuts": p["cuts"], "codecs": p["codecs"], "bandwidth_measured_mbit": r["bandwidth_measured_mbit"],
+            "measured_step_s": r["step_seconds"], "measured_stages": r["stage_medians"],
+        })
+    return rows
+
+
+def _run_testbed(args: argparse.Namespace, log: Callable[[str], None]) -> int:
+    """``--testbed``: the short e2e runs on shaped links, reported as predicted vs measured step times."""
+    from layeredge_dist.bench.e2e import WARMUP_STEPS, E2EError, E2ESettings, run_e2e
+    from layeredge_dist.plan import HostModel
+    from layeredge_dist.testbed import TestbedError, parse_rate
+
+    steps = WARMUP_STEPS + args.steps
+    try:
+        settings = E2ESettings(
+            rates=tuple(r.strip() for r in args.rates.split(",") if r.strip()), steps=steps, eval_every=steps,
+            eval_batches=1, budget=args.budget, trial_steps=0, calib_steps=args.calib_steps,
+            calib_batches=args.calib_batches, hosts=args.hosts, overrides=tuple(args.overrides),
+            host_calib_steps=args.host_calib_steps)
+        for r in settings.rates:
+            parse_rate(r)
+    except ValueError as err:
+        print(f"layeredge bench simulator: {err}", file=sys.stderr)
+        return 2
+    try:
+        result = run_e2e(settings, log=log, progress=not args.json)
+    except (TestbedError, E2EError) as err:
+        print(f"layeredge bench simulator: {err}", file=sys.stderr)
+        return 1
+    out = {"rows": _testbed_rows(result), "host_calibration": result.get("host_calibration"),
+           "rates": result["rates"], "plans": result["plans"], "codec_speeds_Bps": result.get("codec_speeds_Bps"),
+           "testbed": result.get("testbed"), "load_average": result["load_average"], "seconds": result["seconds"],
+           "steps": args.steps, "warmup": WARMUP_STEPS}
+    if args.json:
+        print(json.dumps(out, default=str))
+        return 0
+    cal = out["host_calibration"]
+    if cal:
+        print(f"host model: {HostModel.from_dict(cal['host']).describe()}; fitted on separate runs "
+              + ", ".join(f"{r['config']} {r['step_s']:.3f} s" for r in cal["runs"]) + " (unshaped)")
+    head = (f"{'bandwidth':10s} {'config':8s} {'predicted s':>11s} {'measured s':>10s} {'rel err':>8s} "
+            f"{'plain s':>8s} {'rel err':>8s} {'stage compute s':>15s} {'rel err':>8s} {'cv err':>7s}")
+    print(head)
+    print("-" * len(head))
+    for r in out["rows"]:
+        print(f"{r['bandwidth']:10s} {r['config']:8s} {r['predicted_s']:11.4f} {r['measured_s']:10.4f} "
+              f"{r['rel_error']:+8.1%} {r['predicted_plain_s']:8.4f} {r['rel_error_plain']:+8.1%} "
+              f"{r['predicted_stage_compute_s']:15.4f} {r['rel_error_stage_compute']:+8.1%} "
+              + (f"{r['rel_error_cv']:+7.1%}" if r["rel_error_cv"] is not None else f"{'-':>7s}"))
+    print("predicted: the simulator on the calibrated host model; plain: a core per stage, codecs beside the link; "
+          "stage compute: the plain replay fed the stages' measured compute; cv: the host model fitted on all the "
+          "other rows (leave-one-out); rel err = (predicted - measured) / "
+          f"measured; load average {out['load_average']['start'][0]:.2f} -> {out['load_average']['end'][0]:.2f}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; exit code 2 for bad arguments, 1 when the cluster or a stage fails."""
     if args.steps < 1 or args.warmup < 0 or args.nodes < 1 or args.calib_batches < 1 or args.calib_steps < 0:
         print("error: need --steps >= 1, --warmup >= 0, --nodes >= 1, --calib-batches >= 1, --calib-steps >= 0",
               file=sys.stderr)
         return 2
+    if args.testbed:
+        return _run_testbed(args, (lambda t: None) if args.json else
+                            (lambda t: print(t, file=sys.stderr, flush=True)))
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
     try:
         cfg = with_overrides(RunConfig(), list(DEMO) + list(args.overrides))

@@ -21,7 +21,8 @@ BENCHES: dict[str, str] = {
     "int4 / int4 + 50 % sparsity / int8 + 2:4, and the transfer time over loopback",
     "pipeline": "stage runtime on a local Ray cluster: val-loss gap per codec, step time vs single process, "
     "per-hop overhead, memory per stage",
-    "simulator": "predicted vs measured step time on a local Ray cluster: fp32, the planner's plan, more configs",
+    "simulator": "predicted vs measured step time on a local Ray cluster (or, with --testbed, on shaped links): fp32, "
+    "the planner's plan, more configs",
     "e2e": "end to end on a shaped 3-host testbed (root): step time, time to target loss, bytes and bits per "
     "element for fp32, bf16, the planner's plan and a strong fixed codec, per link rate",
     "control": "the online controller under a bandwidth drop (1 Gbit/s -> 100 Mbit/s mid-run) on a shaped 3-host "

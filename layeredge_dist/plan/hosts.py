@@ -23,7 +23,9 @@ other down whenever more of them are busy than there are cores.
 
 :class:`HostModel` holds the four numbers (``compute_scale`` multiplies all CPU work: the profile was measured on
 an idle core, the stage processes may be slower). :func:`fit_host` calibrates them on measured steps by a grid
-search that minimises the largest relative error.
+search that minimises the largest relative error; :func:`cross_validate_host` predicts each of a set of measured
+runs from a model fitted on the others (leave-one-out), which averages the run-to-run noise of a shared machine
+into the calibration while keeping every prediction out of sample.
 
 Units: seconds (work is seconds at full speed of one core), cores. Pure: no clocks, no processes.
 """
@@ -197,31 +199,67 @@ DEFAULT_STEP_OVERHEADS_S: tuple[float, ...] = (0.0, 0.002, 0.005, 0.01, 0.02)
 DEFAULT_SCALES: tuple[float, ...] = (0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
 
 
-def fit_host(predict_step: Callable[[HostModel], Sequence[float]], measured_s: Sequence[float],
-             base: HostModel = HostModel(), *, scales: Iterable[float] = DEFAULT_SCALES,
-             message_overheads_s: Iterable[float] = DEFAULT_OVERHEADS_S,
-             step_overheads_s: Iterable[float] = DEFAULT_STEP_OVERHEADS_S) -> tuple[HostModel, float]:
-    """The :class:`HostModel` (``base.cores`` kept) whose predictions ``predict_step(host)`` -- one step time per
-    measured run -- come closest to ``measured_s``: the smallest largest relative error over a grid of compute
-    scales, message and step overheads (ties: the smaller sum of squared errors). Returns it and that largest
-    relative error. ValueError for no measurements or a length mismatch."""
+def host_grid(base: HostModel = HostModel(), *, scales: Iterable[float] = DEFAULT_SCALES,
+              message_overheads_s: Iterable[float] = DEFAULT_OVERHEADS_S,
+              step_overheads_s: Iterable[float] = DEFAULT_STEP_OVERHEADS_S) -> list[HostModel]:
+    """Every combination of compute scale, message and step overhead, with ``base.cores``."""
+    return [replace(base, compute_scale=k, message_overhead_s=m, step_overhead_s=t)
+            for k in scales for m in message_overheads_s for t in step_overheads_s]
+
+
+def _best(grid: Sequence[HostModel], preds: Sequence[Sequence[float]], meas: Sequence[float],
+          use: Sequence[int]) -> tuple[HostModel, float]:
+    """The grid entry with the smallest largest relative error over runs ``use`` (ties: smaller sum of squares);
+    ``preds[g][i]`` is grid entry ``g``'s prediction of run ``i``."""
+    best: tuple[float, float, int] | None = None
+    for g, row in enumerate(preds):
+        errs = [(row[i] - meas[i]) / meas[i] for i in use]
+        key = (max(abs(e) for e in errs), sum(e * e for e in errs), g)
+        if best is None or key < best:
+            best = key
+    assert best is not None
+    return grid[best[2]], best[0]
+
+
+def _check_measured(measured_s: Sequence[float]) -> list[float]:
     meas = [float(m) for m in measured_s]
     if not meas or any(not m > 0 for m in meas):
         raise ValueError("fit_host needs at least one measured step time > 0")
-    best: tuple[float, float, HostModel] | None = None
-    for scale in scales:
-        for msg in message_overheads_s:
-            for step in step_overheads_s:
-                host = replace(base, compute_scale=scale, message_overhead_s=msg, step_overhead_s=step)
-                pred = list(predict_step(host))
-                if len(pred) != len(meas):
-                    raise ValueError(f"predict_step gave {len(pred)} step times for {len(meas)} measurements")
-                errs = [(p_ - m) / m for p_, m in zip(pred, meas)]
-                key = (max(abs(e) for e in errs), sum(e * e for e in errs))
-                if best is None or key < best[:2]:
-                    best = (key[0], key[1], host)
-    assert best is not None
-    return best[2], best[0]
+    return meas
 
 
-__all__ = ["HostModel", "fit_host", "host_step_time"]
+def fit_host(predict_step: Callable[[HostModel], Sequence[float]], measured_s: Sequence[float],
+             base: HostModel = HostModel(), **grid: Iterable[float]) -> tuple[HostModel, float]:
+    """The :class:`HostModel` (``base.cores`` kept) whose predictions ``predict_step(host)`` -- one step time per
+    measured run -- come closest to ``measured_s``: the smallest largest relative error over :func:`host_grid`
+    (``grid``: its ``scales``, ``message_overheads_s``, ``step_overheads_s``; ties: the smaller sum of squared
+    errors). Returns it and that largest relative error. ValueError for no measurements or a length mismatch."""
+    meas = _check_measured(measured_s)
+    hosts = host_grid(base, **grid)
+    preds = []
+    for host in hosts:
+        row = [float(x) for x in predict_step(host)]
+        if len(row) != len(meas):
+            raise ValueError(f"predict_step gave {len(row)} step times for {len(meas)} measurements")
+        preds.append(row)
+    return _best(hosts, preds, meas, range(len(meas)))
+
+
+def cross_validate_host(predict_run: Callable[[int, HostModel], float], measured_s: Sequence[float],
+                        base: HostModel = HostModel(), **grid: Iterable[float]) -> list[tuple[HostModel, float]]:
+    """Leave-one-out: for every run ``i``, the host model fitted (as :func:`fit_host`) on all the other runs and
+    its prediction of run ``i`` (``predict_run(i, host)``: run ``i``'s predicted step seconds). Each prediction is
+    out of sample. ValueError for fewer than two runs."""
+    meas = _check_measured(measured_s)
+    if len(meas) < 2:
+        raise ValueError("cross-validation needs at least two runs")
+    hosts = host_grid(base, **grid)
+    preds = [[float(predict_run(i, h)) for i in range(len(meas))] for h in hosts]
+    out = []
+    for i in range(len(meas)):
+        host, _ = _best(hosts, preds, meas, [j for j in range(len(meas)) if j != i])
+        out.append((host, preds[hosts.index(host)][i]))
+    return out
+
+
+__all__ = ["HostModel", "cross_validate_host", "fit_host", "host_grid", "host_step_time"]

@@ -36,3 +36,27 @@ def test_simulator_bench_smoke(ray_cluster, capsys: pytest.CaptureFixture[str]) 
     assert len(links) == 2 and all(float(lk["bandwidth_Bps"]) > 0 and lk["latency_s"] > 0 for lk in links)
     assert doc["plan"]["budget"] == 0.05 and doc["links"] == "loopback, unshaped"
     assert doc["cores"] >= 1 and doc["cores_factor"] >= 1
+
+
+def test_testbed_rows_prefer_the_host_model() -> None:
+    from layeredge_dist.bench.simulator import _testbed_rows
+
+    pred = {"predicted_s": 0.08, "rel_error": -0.2, "predicted_stage_compute_s": 0.09,
+            "rel_error_stage_compute": -0.1, "compute_slowdown": 1.4, "cuts": [2, 4],
+            "codecs": {"s0->s1": {"forward": "fp32", "backward": "fp32"}}}
+    row = {"bandwidth": "100mbit", "config": "fp32", "step_s": 0.1, "bandwidth_measured_mbit": 95.0,
+           "step_seconds": [0.1, 0.1], "stage_medians": []}
+    host = dict(pred, predicted_host_s=0.105, rel_error_host=0.05)
+    rows = _testbed_rows({"rows": [dict(row, prediction=host), dict(row, config="bf16", prediction=pred),
+                                   dict(row, config="strong")]})
+    assert [r["config"] for r in rows] == ["fp32", "bf16"]  # a row without a prediction is left out
+    assert rows[0]["predicted_s"] == 0.105 and rows[0]["rel_error"] == 0.05
+    assert rows[0]["predicted_plain_s"] == 0.08 and rows[0]["rel_error_plain"] == -0.2
+    assert rows[1]["predicted_s"] == 0.08 and rows[1]["rel_error"] == -0.2  # no host model: the plain replay
+    assert rows[0]["measured_s"] == 0.1 and rows[0]["bandwidth"] == "100mbit"
+
+
+def test_testbed_mode_rejects_a_bad_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["bench", "simulator", "--testbed", "--rates", "100mbit,fast"])
+    assert rc == 2
+    assert "fast" in capsys.readouterr().err

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from layeredge_dist.plan import (ClusterSpec, HostModel, LinkSpec, ModelProfile, PipelineModel, fit_host,
-                                 host_step_time, predict)
+from layeredge_dist.plan import (ClusterSpec, HostModel, LinkSpec, ModelProfile, PipelineModel,
+                                 cross_validate_host, fit_host, host_step_time, predict)
 from layeredge_dist.plan.simulator import _compile, fast_step_time
 from layeredge_dist.schedule import DeadlockError
 
@@ -168,3 +168,28 @@ def test_deadlock_is_reported() -> None:
                             (compiled.ops[0], tuple(op for op in compiled.ops[1] if op[0] != 1)))  # s1 never replies
     with pytest.raises(DeadlockError, match=r"stages \[0\]"):
         host_step_time(broken, [1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], HostModel())
+
+
+def test_cross_validation_predicts_each_run_from_the_others() -> None:
+    prof = ModelProfile.from_numbers([0.004] * 6, [0.008] * 6, [65_536] * 5, micro_batches=4)
+    runs = [(codec, ClusterSpec(3, LinkSpec.parse(bw, "0.3ms")))
+            for codec in ("fp32", "int8", "bf16") for bw in ("100Mbit", "1Gbit")]
+    truth = HostModel(cores=2, message_overhead_s=0.001, step_overhead_s=0.002, compute_scale=1.2)
+
+    def one(i: int, host: HostModel) -> float:
+        codec, cluster = runs[i]
+        return PipelineModel(prof, (2, 4), cluster).host_step_time([(codec, codec)] * 2, host)
+
+    measured = [one(i, truth) for i in range(len(runs))]
+    grid = dict(scales=(1.0, 1.2, 1.4), message_overheads_s=(0.0, 0.001, 0.002), step_overheads_s=(0.0, 0.002))
+    out = cross_validate_host(one, measured, HostModel(cores=2), **grid)
+    assert len(out) == len(runs)
+    for (host, pred), m in zip(out, measured):
+        assert host == truth and pred == pytest.approx(m)
+    # a disturbed run does not calibrate its own prediction: the others still give the true model
+    noisy = list(measured)
+    noisy[0] *= 1.5
+    host0, pred0 = cross_validate_host(one, noisy, HostModel(cores=2), **grid)[0]
+    assert host0 == truth and pred0 == pytest.approx(measured[0])
+    with pytest.raises(ValueError, match="two runs"):
+        cross_validate_host(one, measured[:1], HostModel(cores=2), **grid)
