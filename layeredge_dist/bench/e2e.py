@@ -26,9 +26,12 @@ inter-stage bytes per training step (sum over the cuts, forward + backward, meta
 is excluded) and per edge, the bits per element forward and backward from the stages' own counters, and the
 simulator's predicted step for the same cuts, codecs and probed links (``prediction``: from the in-process
 profile, scaled for the cores, with the stages' own measured compute, and -- ``predicted_host_s`` -- on a
-:class:`~layeredge_dist.plan.HostModel` fitted before the rates on two separate short runs (fp32 and ``strong``,
-``--host-calib-steps`` each, unshaped links): the testbed's hosts share this machine's cores, codecs run on the
-stage threads, and every message and step carries a software overhead; relative errors to the measured p50).
+:class:`~layeredge_dist.plan.HostModel` fitted before the rates on separate short runs (fp32 and ``strong``,
+``--host-calib-steps`` each, on unshaped links and at the slowest benchmarked rate): the testbed's hosts share
+this machine's cores, codecs run on the stage threads, and every message and step carries a software overhead;
+relative errors to the measured p50). ``predicted_host_cv_s`` is each
+row predicted by a host model fitted on all the other rows (leave-one-out). Predictions on shaped links model
+the ``tc tbf`` bucket (a message the bucket covers leaves at line speed).
 Codec speeds for the planner and the simulator are measured in-process on the real tensor size next to the profile.
 
 Time to target: the target validation loss is ``--target-loss`` if given, else the loss the fp32 run of the same
@@ -162,7 +165,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"calibration batches for the profile's sensitivity (default {d.calib_batches})")
     p.add_argument("--hosts", type=int, default=d.hosts, help=f"emulated hosts (default {d.hosts})")
     p.add_argument("--host-calib-steps", type=int, default=d.host_calib_steps,
-                   help=f"steps of each of two calibration runs (fp32, strong) on unshaped links before the rates, "
+                   help=f"steps of each calibration run (fp32, strong; unshaped and at the slowest rate) before the rates, "
                    f"which fit the simulator's host model: shared cores, per-message and per-step overhead, compute "
                    f"scale (default {d.host_calib_steps}; 0 = no calibration, plain predictions only)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
@@ -319,12 +322,22 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
     return out
 
 
+def _calibration_rates(settings: E2ESettings) -> tuple[str, ...]:
+    """Where the host model is calibrated: unshaped links and the slowest benchmarked rate (one of them when the
+    benchmark runs unshaped only)."""
+    from layeredge_dist.testbed import parse_rate
+
+    shaped = [r for r in settings.rates if parse_rate(r).rate_bps is not None]
+    slowest = min(shaped, key=lambda r: parse_rate(r).rate_bps or 0.0) if shaped else None
+    return ("unshaped",) + ((parse_rate(slowest).label,) if slowest is not None else ())
+
+
 def _calibrate_host(tb: Any, nodes: Any, settings: E2ESettings, cfg: Any, out: dict[str, Any], progress: bool,
                     log: Callable[[str], None]) -> dict[str, Any]:
     """Fit the simulator's :class:`~layeredge_dist.plan.HostModel` on the testbed: ``fp32`` and ``strong`` for
-    ``host_calib_steps`` steps each on unshaped links, then :func:`~layeredge_dist.bench.simulator.fit_config_host`
-    with the machine's cores shared by all hosts. These runs are only for the fit: every row of the benchmark is
-    a separate run that the fitted model predicts."""
+    ``host_calib_steps`` steps each on unshaped links and at the slowest benchmarked rate, then
+    :func:`~layeredge_dist.bench.simulator.fit_config_host` with the machine's cores shared by all hosts. These
+    runs are only for the fit: every row of the benchmark is a separate run that the fitted model predicts."""
     from dataclasses import replace
 
     from layeredge_dist.bench.simulator import _cores, fit_config_host
@@ -333,25 +346,29 @@ def _calibrate_host(tb: Any, nodes: Any, settings: E2ESettings, cfg: Any, out: d
     from layeredge_dist.testbed.ray_nodes import TESTBED_OVERRIDES
 
     n = settings.host_calib_steps
-    tb.set_rate("unshaped")
     cal = replace(settings, configs=("fp32", "strong"), steps=n, eval_every=n, eval_batches=1)
-    log(f"[host calibration] fp32 and strong, {n} steps each on unshaped links ...")
-    job = {"address": nodes.address, "rate": "unshaped", "settings": asdict(cal),
-           "overrides": list(DEMO) + list(settings.overrides) + list(TESTBED_OVERRIDES)
-           + [f"cluster.address={nodes.address}", f"run_dir={tb.work_dir}/run-calibration"],
-           "profile": None, "opt_s": None, "speeds": None, "host": None,
-           "out": os.path.join(tb.work_dir, "e2e-host-calibration.json")}
-    res = _run_driver(nodes, job, settings.run_timeout_s, progress)
-    cluster = _cluster_from_probe_dict(res["probe"], cfg.pipeline.stages)
-    runs = [(with_overrides(cfg, r["overrides"]), r["step_s"]) for r in res["runs"]]
+    runs: list[tuple[Any, float]] = []
+    report: list[dict[str, Any]] = []
+    for rate in _calibration_rates(settings):
+        tb.set_rate(rate)
+        log(f"[host calibration] fp32 and strong, {n} steps each at {tb.rate} ...")
+        job = {"address": nodes.address, "rate": tb.rate, "settings": asdict(cal),
+               "overrides": list(DEMO) + list(settings.overrides) + list(TESTBED_OVERRIDES)
+               + [f"cluster.address={nodes.address}", f"run_dir={tb.work_dir}/run-calibration"],
+               "profile": None, "opt_s": None, "speeds": None, "host": None,
+               "out": os.path.join(tb.work_dir, f"e2e-host-calibration-{tb.rate}.json")}
+        res = _run_driver(nodes, job, settings.run_timeout_s, progress)
+        cluster = _cluster_from_probe_dict(res["probe"], cfg.pipeline.stages, tb.rate)
+        for r in res["runs"]:
+            runs.append((with_overrides(cfg, r["overrides"]), cluster, r["step_s"]))
+            report.append({"rate": tb.rate, "config": r["config"], "step_s": r["step_s"], "probe": res["probe"],
+                           "stage_medians": r["stage_medians"]})
     profile = ModelProfile.from_dict(out["profile"]["profile"])
-    host, err = fit_config_host(runs, profile, out["profile"]["opt_s"], cluster, out["codec_speeds_Bps"], _cores())
-    measured = ", ".join(f"{r['config']} {r['step_s']:.3f} s" for r in res["runs"])
+    host, err = fit_config_host(runs, profile, out["profile"]["opt_s"], out["codec_speeds_Bps"], _cores())
+    measured = ", ".join(f"{r['config']} at {r['rate']} {r['step_s']:.3f} s" for r in report)
     log(f"[host calibration] measured {measured}; host model: {host.describe()} (largest error on these runs "
         f"{err:.0%})")
-    return {"host": host.to_dict(), "max_rel_error": err, "steps": n, "probe": res["probe"],
-            "runs": [{"config": r["config"], "step_s": r["step_s"], "stage_medians": r["stage_medians"]}
-                     for r in res["runs"]]}
+    return {"host": host.to_dict(), "max_rel_error": err, "steps": n, "runs": report}
 
 
 def _add_cross_validation(out: dict[str, Any], cfg: Any, log: Callable[[str], None]) -> None:
@@ -366,7 +383,8 @@ def _add_cross_validation(out: dict[str, Any], cfg: Any, log: Callable[[str], No
     if len(rows) < 2:
         return
     runs = [(with_overrides(cfg, r["overrides"]),
-             _cluster_from_probe_dict(out["rates"][r["bandwidth"]]["probe"], cfg.pipeline.stages), r["step_s"])
+             _cluster_from_probe_dict(out["rates"][r["bandwidth"]]["probe"], cfg.pipeline.stages, r["bandwidth"]),
+             r["step_s"])
             for r in rows]
     profile = ModelProfile.from_dict(out["profile"]["profile"])
     t0 = time.perf_counter()
@@ -470,8 +488,8 @@ def format_rows(result: dict[str, Any]) -> str:
         from layeredge_dist.plan import HostModel
 
         lines.append(f"host model: {HostModel.from_dict(cal['host']).describe()}, fitted on "
-                     + ", ".join(f"{r['config']} {r['step_s']:.3f} s" for r in cal["runs"])
-                     + f" ({cal['steps']} steps each, unshaped; largest fit error {cal['max_rel_error']:.0%})")
+                     + ", ".join(f"{r['config']} at {r.get('rate', 'unshaped')} {r['step_s']:.3f} s" for r in cal["runs"])
+                     + f" ({cal['steps']} steps each; largest fit error {cal['max_rel_error']:.0%})")
     return "\n".join(lines)
 
 
@@ -520,7 +538,8 @@ def drive(job: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
                 cluster, out["probe"] = _cluster_from_probe(probe, c.pipeline.stages), _probe_dict(probe)
             out["runs"].append({"config": name, **run})
         if job["profile"] is not None and cluster is not None:
-            _add_predictions(out["runs"], cfg, job, cluster, s, log)
+            _add_predictions(out["runs"], cfg, job, _cluster_from_probe_dict(out["probe"], cfg.pipeline.stages, rate),
+                             s, log)
     return out
 
 
@@ -561,12 +580,17 @@ def _probe_dict(probe: dict[tuple[int, int], Any]) -> dict[str, dict[str, float]
     return {f"s{a}->s{b}": {"bandwidth_Bps": p.bandwidth_Bps, "rtt_s": p.rtt_s} for (a, b), p in probe.items()}
 
 
-def _cluster_from_probe_dict(probe: dict[str, dict[str, float]], stages: int) -> Any:
-    """The ClusterSpec of :func:`_probe_dict`'s form: each link's probed bandwidth, one-way latency RTT / 2."""
+def _cluster_from_probe_dict(probe: dict[str, dict[str, float]], stages: int, rate: str | None = None) -> Any:
+    """The ClusterSpec of :func:`_probe_dict`'s form: each link's probed bandwidth, one-way latency RTT / 2, and
+    -- given the testbed ``rate`` it was shaped to -- the depth of its ``tc tbf`` bucket (0 when unshaped), which
+    lets a message smaller than the bucket pass at line speed after an idle gap."""
     from layeredge_dist.plan import ClusterSpec, LinkSpec
+    from layeredge_dist.testbed import parse_rate
 
+    burst = float(parse_rate(rate).burst_bytes) if rate is not None else 0.0
     return ClusterSpec(stages, tuple(LinkSpec(probe[f"s{k}->s{k + 1}"]["bandwidth_Bps"],
-                                              probe[f"s{k}->s{k + 1}"]["rtt_s"] / 2) for k in range(stages - 1)))
+                                              probe[f"s{k}->s{k + 1}"]["rtt_s"] / 2, burst)
+                                     for k in range(stages - 1)))
 
 
 def _cluster_from_probe(probe: dict[tuple[int, int], Any], stages: int) -> Any:

@@ -40,11 +40,11 @@ stage per host, for every rate of ``--rates`` (default 100mbit,1gbit,unshaped) f
 forward, ef(int8) backward), ``--steps`` measured steps each after 3 warm-up steps -- the runs of ``layeredge
 bench e2e`` made short. The testbed's hosts share this machine's cores, so the simulator predicts with a
 :class:`~layeredge_dist.plan.HostModel` (cores shared by all stages, codecs on the stage threads, per-message
-and per-step overhead, a compute scale) fitted beforehand on two separate runs on unshaped links (fp32 and the
-strong configuration, ``--host-calib-steps`` each); every row is a different run, predicted, not fitted. Its
-rows: ``predicted_s`` / ``rel_error`` from that host model, ``predicted_plain_s`` / ``rel_error_plain`` from the
-plain replay (a core per stage, codecs beside the link), ``predicted_stage_compute_s`` with the stages' own
-measured compute, ``predicted_cv_s`` / ``rel_error_cv`` from a host model fitted on all the other rows
+and per-step overhead, a compute scale) fitted beforehand on separate runs (fp32 and the strong configuration,
+``--host-calib-steps`` steps each, on unshaped links and at the slowest rate); every row is a different run,
+predicted, not fitted. Its rows: ``predicted_s`` / ``rel_error`` from that host model, ``predicted_plain_s`` /
+``rel_error_plain`` from the plain replay (a core per stage, codecs beside the link), ``predicted_stage_compute_s``
+with the stages' own measured compute, ``predicted_cv_s`` / ``rel_error_cv`` from a host model fitted on all the other rows
 (leave-one-out: more data for the fit, which averages a shared machine's run-to-run noise, each prediction still
 out of sample).
 """
@@ -181,15 +181,15 @@ def host_prediction(c: RunConfig, profile: Any, opt_blocks: Sequence[float], clu
                    opt_time_s=opt, host=host).step_time_s
 
 
-def fit_config_host(runs: Sequence[tuple[RunConfig, float]], profile: Any, opt_blocks: Sequence[float],
-                    cluster: Any, speeds: Any, cores: float) -> tuple[Any, float]:
+def fit_config_host(runs: Sequence[tuple[RunConfig, Any, float]], profile: Any, opt_blocks: Sequence[float],
+                    speeds: Any, cores: float) -> tuple[Any, float]:
     """Calibrate a :class:`~layeredge_dist.plan.HostModel` with ``cores`` shared cores on measured runs
-    (``(run config, median step seconds)``): :func:`~layeredge_dist.plan.fit_host`. Returns the model and its
-    largest relative error on those runs."""
+    (``(run config, cluster, median step seconds)``): :func:`~layeredge_dist.plan.fit_host`. Returns the model
+    and its largest relative error on those runs."""
     from layeredge_dist.plan import HostModel, fit_host
 
-    return fit_host(lambda h: [host_prediction(c, profile, opt_blocks, cluster, speeds, h) for c, _ in runs],
-                    [m for _, m in runs], HostModel(cores))
+    return fit_host(lambda h: [host_prediction(c, profile, opt_blocks, cl, speeds, h) for c, cl, _ in runs],
+                    [m for _, _, m in runs], HostModel(cores))
 
 
 def cross_validated_hosts(runs: Sequence[tuple[RunConfig, Any, float]], profile: Any, opt_blocks: Sequence[float],
@@ -291,7 +291,7 @@ def _run_testbed(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     cal = out["host_calibration"]
     if cal:
         print(f"host model: {HostModel.from_dict(cal['host']).describe()}; fitted on separate runs "
-              + ", ".join(f"{r['config']} {r['step_s']:.3f} s" for r in cal["runs"]) + " (unshaped)")
+              + ", ".join(f"{r['config']} at {r['rate']} {r['step_s']:.3f} s" for r in cal["runs"]))
     head = (f"{'bandwidth':10s} {'config':8s} {'predicted s':>11s} {'measured s':>10s} {'rel err':>8s} "
             f"{'plain s':>8s} {'rel err':>8s} {'stage compute s':>15s} {'rel err':>8s} {'cv err':>7s}")
     print(head)

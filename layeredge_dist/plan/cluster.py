@@ -107,14 +107,21 @@ def format_bandwidth(bps: float) -> str:
 @dataclass(frozen=True)
 class LinkSpec:
     """A network link: ``bandwidth_Bps`` bytes per second (``math.inf`` allowed) and a one-way ``latency_s``
-    per message. ValueError for a bandwidth <= 0 or a negative latency."""
+    per message; ``burst_bytes`` > 0 makes it a token-bucket shaper (``tc tbf``) of that depth: a message leaves
+    at line speed while the bucket has tokens, which refill at ``bandwidth_Bps`` (only the host-aware replay,
+    :func:`~.hosts.host_step_time`, models the bucket; the plain replay uses the rate alone). ValueError for a
+    bandwidth <= 0 or a negative latency or burst."""
 
     bandwidth_Bps: float
     latency_s: float = 0.0
+    burst_bytes: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bandwidth_Bps", parse_bandwidth(self.bandwidth_Bps))
         object.__setattr__(self, "latency_s", parse_duration(self.latency_s))
+        if not (self.burst_bytes >= 0 and math.isfinite(self.burst_bytes)):
+            raise ValueError(f"burst_bytes must be finite and >= 0, got {self.burst_bytes!r}")
+        object.__setattr__(self, "burst_bytes", float(self.burst_bytes))
 
     @classmethod
     def parse(cls, bandwidth: str | float, latency: str | float = 0.0) -> LinkSpec:
@@ -130,13 +137,17 @@ class LinkSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible (an infinite bandwidth is written as the string ``"inf"``)."""
-        return {"bandwidth_Bps": "inf" if math.isinf(self.bandwidth_Bps) else self.bandwidth_Bps,
-                "latency_s": self.latency_s}
+        out: dict[str, Any] = {"bandwidth_Bps": "inf" if math.isinf(self.bandwidth_Bps) else self.bandwidth_Bps,
+                               "latency_s": self.latency_s}
+        if self.burst_bytes:
+            out["burst_bytes"] = self.burst_bytes
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LinkSpec:
         """Inverse of :meth:`to_dict`."""
-        return cls(parse_bandwidth(data["bandwidth_Bps"]), float(data.get("latency_s", 0.0)))
+        return cls(parse_bandwidth(data["bandwidth_Bps"]), float(data.get("latency_s", 0.0)),
+                   float(data.get("burst_bytes", 0.0)))
 
 
 @dataclass(frozen=True)

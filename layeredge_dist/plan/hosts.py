@@ -16,7 +16,9 @@ other down whenever more of them are busy than there are cores.
 - a send first encodes (a job), then puts the payload on its directed link; links carry one message at a time in
   the order they were queued (as in ``schedule.replay`` with ``serialize_links=True``) and a message arrives
   ``wire + message_overhead_s`` after its transfer starts (the overhead -- Python, gRPC and thread hand-offs on
-  both ends -- delays the message but does not hold the link);
+  both ends -- delays the message but does not hold the link); on a token-bucket link (``buckets``) the bytes
+  covered by the bucket's tokens leave at once, which shortens ``wire`` by ``min(tokens, bytes) / rate``; the
+  bucket refills at the rate up to its depth while the link is idle;
 - a receive waits for the arrival, then decodes (a job);
 - the step ends when every stage has finished its actions, plus ``step_overhead_s`` (the driver's dispatch and
   result collection).
@@ -97,12 +99,15 @@ class HostModel:
 
 def host_step_time(compiled: _Compiled, fwd: Sequence[float], bwd: Sequence[float], opt: Sequence[float],
                    encode: Sequence[float], wire: Sequence[float], decode: Sequence[float],
-                   host: HostModel) -> tuple[float, tuple[float, ...]]:
+                   host: HostModel, buckets: Sequence[tuple[float, float, float]] | None = None
+                   ) -> tuple[float, tuple[float, ...]]:
     """(step seconds, finish time of each stage) of ``compiled`` on ``host`` (see the module docstring).
 
     ``fwd`` / ``bwd``: seconds per micro-batch per virtual stage; ``opt``: per physical stage; ``encode``,
     ``wire``, ``decode``: per transfer index (activations of virtual edges ``0..V-2`` then gradients), seconds per
-    message (``wire`` includes the link latency). DeadlockError when some stage never finishes.
+    message (``wire`` includes the link latency); ``buckets``: per transfer index ``(bytes, rate_Bps,
+    burst_bytes)`` of its token-bucket link (burst 0: a plain link), None = plain links. Buckets start full.
+    DeadlockError when some stage never finishes.
     """
     p = compiled.num_stages
     k = host.compute_scale
@@ -115,6 +120,8 @@ def host_step_time(compiled: _Compiled, fwd: Sequence[float], bwd: Sequence[floa
     msg_decode = [0.0] * n_msg
     waiting = [-1] * n_msg
     link_free = [0.0] * compiled.num_links
+    tokens: list[float | None] = [None] * compiled.num_links  # bytes in each directed link's bucket (None: full)
+    refilled = [0.0] * compiled.num_links
     in_flight: list[tuple[float, int, int]] = []  # (arrival, order, message)
     ptr = [0] * p
     work = [0.0] * p  # remaining seconds of work of the stage's job
@@ -152,9 +159,17 @@ def host_step_time(compiled: _Compiled, fwd: Sequence[float], bwd: Sequence[floa
         if sent is not None:
             a, b, c = sent
             start = max(now, link_free[b])
-            link_free[b] = start + wire[c]
+            dur = wire[c]
+            if buckets is not None and buckets[c][2] > 0:
+                nbytes, rate, depth = buckets[c]
+                have = tokens[b]
+                have = depth if have is None else min(depth, have + (start - refilled[b]) * rate)
+                used = min(have, nbytes)
+                dur -= used / rate
+                tokens[b], refilled[b] = have - used, start + dur
+            link_free[b] = start + dur
             msg_decode[a] = dec[c]
-            heapq.heappush(in_flight, (start + wire[c] + host.message_overhead_s, order, a))
+            heapq.heappush(in_flight, (start + dur + host.message_overhead_s, order, a))
             order += 1
             on_done[s] = None
         ptr[s] += 1

@@ -212,10 +212,15 @@ class PipelineModel:
     def host_step_time(self, pairs: Sequence[tuple[str, str]], host: HostModel) -> float:
         """Step time for ``(forward, backward)`` specs per virtual edge on ``host``
         (:func:`~.hosts.host_step_time`: codecs on the stages' threads, shared cores, software overheads)."""
-        parts = ([self.codec_parts(e, "forward", f) for e, (f, _) in enumerate(pairs)]
-                 + [self.codec_parts(e, "backward", b) for e, (_, b) in enumerate(pairs)])
+        sides = ([(e, "forward", f) for e, (f, _) in enumerate(pairs)]
+                 + [(e, "backward", b) for e, (_, b) in enumerate(pairs)])
+        parts = [self.codec_parts(*side) for side in sides]
+        buckets = None
+        if any(link.burst_bytes > 0 for link in self.links):
+            buckets = [(float(self.comm(*side)[1]), self.links[side[0]].bandwidth_Bps, self.links[side[0]].burst_bytes)
+                       for side in sides]
         return host_step_time(self.compiled(), self.fwd, self.bwd, self.opt, [x[0] for x in parts],
-                              [x[1] for x in parts], [x[2] for x in parts], host)[0]
+                              [x[1] for x in parts], [x[2] for x in parts], host, buckets)[0]
 
     def compiled(self) -> _Compiled:
         """The schedule compiled for :func:`fast_step_time` (cached across models)."""

@@ -193,3 +193,31 @@ def test_cross_validation_predicts_each_run_from_the_others() -> None:
     assert host0 == truth and pred0 == pytest.approx(measured[0])
     with pytest.raises(ValueError, match="two runs"):
         cross_validate_host(one, measured[:1], HostModel(cores=2), **grid)
+
+
+def test_token_bucket_links() -> None:
+    """A tbf-like link: bytes covered by the bucket leave at once; the bucket refills at the rate while idle."""
+    compiled = _compile("gpipe", 2, 2, 1)
+    fwd, bwd, opt = [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]
+    zero = [0.0, 0.0]
+    wire = [1.0, 0.0]  # 1 MB at 1 MB/s, no latency
+    plain, _ = host_step_time(compiled, fwd, bwd, opt, zero, wire, zero, HostModel())
+    assert plain == pytest.approx(2.0)  # two activations back to back
+    half = [(1e6, 1e6, 0.5e6), (0.0, 1e6, 0.5e6)]
+    got, _ = host_step_time(compiled, fwd, bwd, opt, zero, wire, zero, HostModel(), half)
+    assert got == pytest.approx(0.5 + 1.0)  # the first message uses the full bucket, the second finds it empty
+    # an idle link refills the bucket: sends at 0.75 s (done at 1.25 s) and 1.5 s find 0.5 MB, then 0.25 MB
+    gap, _ = host_step_time(compiled, [0.75, 0.0], fwd, opt, zero, wire, zero, HostModel(), half)
+    assert gap == pytest.approx(1.5 + 0.75)
+    queued, _ = host_step_time(compiled, [0.25, 0.0], fwd, opt, zero, wire, zero, HostModel(), half)
+    assert queued == pytest.approx(0.25 + 0.5 + 1.0)  # the second send waits for the link: no refill meanwhile
+    # a link spec with a burst makes PipelineModel use the bucket; without one, the plain rate
+    prof = ModelProfile.from_numbers([0.01] * 2, [0.02] * 2, [250_000], micro_batches=2)
+    tbf = ClusterSpec(2, LinkSpec(12.5e6, 0.0, 1e6))
+    rate = ClusterSpec(2, LinkSpec(12.5e6, 0.0))
+    assert LinkSpec.from_dict(LinkSpec(12.5e6, 0.0, 1e6).to_dict()) == LinkSpec(12.5e6, 0.0, 1e6)
+    fast = PipelineModel(prof, (1,), tbf).host_step_time([("fp32", "fp32")], HostModel())
+    slow = PipelineModel(prof, (1,), rate).host_step_time([("fp32", "fp32")], HostModel())
+    assert fast < slow
+    with pytest.raises(ValueError, match="burst_bytes"):
+        LinkSpec(12.5e6, 0.0, -1.0)

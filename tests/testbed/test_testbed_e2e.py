@@ -49,7 +49,9 @@ def test_plan_beats_fp32_at_100mbit() -> None:
                                              f"on 100 Mbit/s links")
     # the simulator's host model was fitted on separate calibration runs and predicts every row
     cal = result["host_calibration"]
-    assert [r["config"] for r in cal["runs"]] == ["fp32", "strong"] and cal["host"]["cores"] >= 1
+    assert [(r["rate"], r["config"]) for r in cal["runs"]] == [("unshaped", "fp32"), ("unshaped", "strong"),
+                                                              ("100mbit", "fp32"), ("100mbit", "strong")]
+    assert cal["host"]["cores"] >= 1
     for r in rows.values():
         assert r["prediction"]["predicted_host_s"] > 0 and "rel_error_host" in r["prediction"]
         assert r["val_curve"] and r["final_val_loss"] == r["val_curve"][-1]["val_loss"]
