@@ -165,7 +165,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"calibration batches for the profile's sensitivity (default {d.calib_batches})")
     p.add_argument("--hosts", type=int, default=d.hosts, help=f"emulated hosts (default {d.hosts})")
     p.add_argument("--host-calib-steps", type=int, default=d.host_calib_steps,
-                   help=f"steps of each calibration run (fp32, strong; unshaped and at the slowest rate) before the rates, "
+                   help=f"steps of each calibration run (fp32, strong; unshaped and at the slowest rate) before the "
+                   f"rates, "
                    f"which fit the simulator's host model: shared cores, per-message and per-step overhead, compute "
                    f"scale (default {d.host_calib_steps}; 0 = no calibration, plain predictions only)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
@@ -488,7 +489,8 @@ def format_rows(result: dict[str, Any]) -> str:
         from layeredge_dist.plan import HostModel
 
         lines.append(f"host model: {HostModel.from_dict(cal['host']).describe()}, fitted on "
-                     + ", ".join(f"{r['config']} at {r.get('rate', 'unshaped')} {r['step_s']:.3f} s" for r in cal["runs"])
+                     + ", ".join(f"{r['config']} at {r.get('rate', 'unshaped')} {r['step_s']:.3f} s"
+                                 for r in cal["runs"])
                      + f" ({cal['steps']} steps each; largest fit error {cal['max_rel_error']:.0%})")
     return "\n".join(lines)
 

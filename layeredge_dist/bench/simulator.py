@@ -44,8 +44,8 @@ and per-step overhead, a compute scale) fitted beforehand on separate runs (fp32
 ``--host-calib-steps`` steps each, on unshaped links and at the slowest rate); every row is a different run,
 predicted, not fitted. Its rows: ``predicted_s`` / ``rel_error`` from that host model, ``predicted_plain_s`` /
 ``rel_error_plain`` from the plain replay (a core per stage, codecs beside the link), ``predicted_stage_compute_s``
-with the stages' own measured compute, ``predicted_cv_s`` / ``rel_error_cv`` from a host model fitted on all the other rows
-(leave-one-out: more data for the fit, which averages a shared machine's run-to-run noise, each prediction still
+with the stages' own measured compute, ``predicted_cv_s`` / ``rel_error_cv`` from a host model fitted on all the
+other rows (leave-one-out: more data for the fit, which averages a shared machine's run-to-run noise, each prediction still
 out of sample).
 """
 
