@@ -26,7 +26,7 @@ inter-stage bytes per training step (sum over the cuts, forward + backward, meta
 is excluded) and per edge, the bits per element forward and backward from the stages' own counters, and the
 simulator's predicted step for the same cuts, codecs and probed links (``prediction``: from the in-process
 profile, scaled for the cores, with the stages' own measured compute, and -- ``predicted_host_s`` -- on a
-:class:`~layeredge_dist.plan.HostModel` fitted before the rates on separate short runs (fp32 and ``strong``,
+:class:`~layeredge_dist.plan.HostModel` fitted after the rates on separate short runs (fp32 and ``strong``,
 ``--host-calib-steps`` each, on unshaped links and at the slowest benchmarked rate): the testbed's hosts share
 this machine's cores, codecs run on the stage threads, and every message and step carries a software overhead;
 relative errors to the measured p50). ``predicted_host_cv_s`` is each
@@ -165,7 +165,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"calibration batches for the profile's sensitivity (default {d.calib_batches})")
     p.add_argument("--hosts", type=int, default=d.hosts, help=f"emulated hosts (default {d.hosts})")
     p.add_argument("--host-calib-steps", type=int, default=d.host_calib_steps,
-                   help=f"steps of each calibration run (fp32, strong; unshaped and at the slowest rate) before the "
+                   help=f"steps of each calibration run (fp32, strong; unshaped and at the slowest rate) after the "
                    f"rates, "
                    f"which fit the simulator's host model: shared cores, per-message and per-step overhead, compute "
                    f"scale (default {d.host_calib_steps}; 0 = no calibration, plain predictions only)")
@@ -290,10 +290,6 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
         out["codec_speeds_Bps"] = {k: list(v) for k, v in speeds.items()}
     with testbed_job.testbed_with_ray(settings.hosts, settings.rates[0], max(1.0, cfg.cluster.cpus_per_stage),
                                       settings.start_timeout_s, log) as (tb, nodes, out["testbed"]):
-        host = None
-        if profile is not None and settings.host_calib_steps > 0:
-            out["host_calibration"] = _calibrate_host(tb, nodes, settings, cfg, out, progress, log)
-            host = out["host_calibration"]["host"]
         for rate in settings.rates:
             tb.set_rate(rate)
             bw = measure_bandwidth(tb, 0, 1, seconds=settings.bandwidth_seconds)
@@ -303,7 +299,7 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
                 "overrides": list(DEMO) + list(settings.overrides) + list(TESTBED_OVERRIDES)
                 + [f"cluster.address={nodes.address}", f"run_dir={tb.work_dir}/run"],
                 "profile": profile, "opt_s": out["profile"]["opt_s"] if profile is not None else None,
-                "speeds": out.get("codec_speeds_Bps"), "host": host,
+                "speeds": out.get("codec_speeds_Bps"),
                 "out": os.path.join(tb.work_dir, f"e2e-{tb.rate}.json"),
             }
             res = _run_driver(nodes, job, settings.run_timeout_s, progress)
@@ -316,8 +312,10 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
             out["rows"] += rows
             for r in rows:
                 log(_row_line(r))
-    if profile is not None and len(out["rows"]) >= 2:
-        _add_cross_validation(out, cfg, log)
+        if profile is not None and settings.host_calib_steps > 0 and out["rows"]:
+            out["host_calibration"] = _calibrate_host(tb, nodes, settings, cfg, out, progress, log)
+    if profile is not None:
+        _add_host_predictions(out, cfg, log)
     out["seconds"] = time.perf_counter() - t_start
     out["load_average"]["end"] = list(os.getloadavg())  # the machines are shared: compute time varies with load
     return out
@@ -338,7 +336,9 @@ def _calibrate_host(tb: Any, nodes: Any, settings: E2ESettings, cfg: Any, out: d
     """Fit the simulator's :class:`~layeredge_dist.plan.HostModel` on the testbed: ``fp32`` and ``strong`` for
     ``host_calib_steps`` steps each on unshaped links and at the slowest benchmarked rate, then
     :func:`~layeredge_dist.bench.simulator.fit_config_host` with the machine's cores shared by all hosts. These
-    runs are only for the fit: every row of the benchmark is a separate run that the fitted model predicts."""
+    runs are only for the fit: every row of the benchmark is a separate run that the fitted model predicts. They
+    run after the measured rates: calibration runs made right after the Ray nodes started measured 0-42 % slower
+    than the same configuration on the same links minutes later (three benchmark runs, 2026-11-28)."""
     from dataclasses import replace
 
     from layeredge_dist.bench.simulator import _cores, fit_config_host
@@ -356,7 +356,7 @@ def _calibrate_host(tb: Any, nodes: Any, settings: E2ESettings, cfg: Any, out: d
         job = {"address": nodes.address, "rate": tb.rate, "settings": asdict(cal),
                "overrides": list(DEMO) + list(settings.overrides) + list(TESTBED_OVERRIDES)
                + [f"cluster.address={nodes.address}", f"run_dir={tb.work_dir}/run-calibration"],
-               "profile": None, "opt_s": None, "speeds": None, "host": None,
+               "profile": None, "opt_s": None, "speeds": None,
                "out": os.path.join(tb.work_dir, f"e2e-host-calibration-{tb.rate}.json")}
         res = _run_driver(nodes, job, settings.run_timeout_s, progress)
         cluster = _cluster_from_probe_dict(res["probe"], cfg.pipeline.stages, tb.rate)
@@ -372,25 +372,35 @@ def _calibrate_host(tb: Any, nodes: Any, settings: E2ESettings, cfg: Any, out: d
     return {"host": host.to_dict(), "max_rel_error": err, "steps": n, "runs": report}
 
 
-def _add_cross_validation(out: dict[str, Any], cfg: Any, log: Callable[[str], None]) -> None:
-    """Per row, the step predicted by a host model fitted on every *other* row (leave-one-out over all rates and
-    configurations; :func:`~layeredge_dist.bench.simulator.cross_validated_hosts`): ``prediction`` gets
-    ``predicted_host_cv_s``, ``rel_error_host_cv`` and ``host_cv``."""
-    from layeredge_dist.bench.simulator import _cores, cross_validated_hosts
+def _add_host_predictions(out: dict[str, Any], cfg: Any, log: Callable[[str], None]) -> None:
+    """Every row's step on host models (``prediction`` gets them): ``predicted_host_s`` / ``rel_error_host`` from
+    the model fitted on the separate calibration runs (when there are any), and ``predicted_host_cv_s`` /
+    ``rel_error_host_cv`` / ``host_cv`` from a model fitted on every *other* row (leave-one-out over all rates and
+    configurations; :func:`~layeredge_dist.bench.simulator.cross_validated_hosts`)."""
+    from layeredge_dist.bench.simulator import _cores, cross_validated_hosts, host_prediction
     from layeredge_dist.config import with_overrides
-    from layeredge_dist.plan import ModelProfile
+    from layeredge_dist.plan import HostModel, ModelProfile
 
     rows = [r for r in out["rows"] if r.get("prediction") is not None]
-    if len(rows) < 2:
-        return
     runs = [(with_overrides(cfg, r["overrides"]),
              _cluster_from_probe_dict(out["rates"][r["bandwidth"]]["probe"], cfg.pipeline.stages, r["bandwidth"]),
              r["step_s"])
             for r in rows]
     profile = ModelProfile.from_dict(out["profile"]["profile"])
+    opt, speeds = out["profile"]["opt_s"], out["codec_speeds_Bps"]
+    cal = out.get("host_calibration")
+    if cal:
+        host = HostModel.from_dict(cal["host"])
+        for r, (c, cluster, measured) in zip(rows, runs):
+            pred = host_prediction(c, profile, opt, cluster, speeds, host)
+            r["prediction"].update(predicted_host_s=pred, rel_error_host=(pred - measured) / measured,
+                                   host=host.to_dict())
+            log(f"  [{r['bandwidth']}] {r['config']}: measured {measured:.3f} s, host model {pred:.3f} s "
+                f"({(pred - measured) / measured:+.0%})")
+    if len(rows) < 2:
+        return
     t0 = time.perf_counter()
-    for r, (host, pred) in zip(rows, cross_validated_hosts(runs, profile, out["profile"]["opt_s"],
-                                                           out["codec_speeds_Bps"], _cores())):
+    for r, (host, pred) in zip(rows, cross_validated_hosts(runs, profile, opt, speeds, _cores())):
         r["prediction"].update(predicted_host_cv_s=pred, rel_error_host_cv=(pred - r["step_s"]) / r["step_s"],
                                host_cv=host.to_dict())
     log(f"leave-one-out host models over {len(rows)} runs: {time.perf_counter() - t0:.1f} s")
@@ -481,7 +491,7 @@ def format_rows(result: dict[str, Any]) -> str:
                      f"{r['bits_bwd']:8.2f} {speed:>8s}" + _prediction_cells(r.get("prediction")))
     lines.append("sim: the simulator's predicted step from the in-process profile and the probed links; sim(stage "
                  "compute): the same with the stages' own measured compute; sim host: on the host model calibrated "
-                 "by separate runs before the rates (shared cores, codecs on the stage threads, software overheads); "
+                 "by separate runs after the rates (shared cores, codecs on the stage threads, software overheads); "
                  "cv: the host model fitted on all the other rows (leave-one-out); "
                  "err = (predicted - measured) / measured")
     cal = result.get("host_calibration")
@@ -549,12 +559,13 @@ def _add_predictions(runs: list[dict[str, Any]], cfg: Any, job: dict[str, Any], 
                      log: Callable[[str], None]) -> None:
     """The simulator's step time for every run (its cuts and codecs, the probed links) next to the measured one:
     ``prediction`` = :func:`layeredge_dist.bench.simulator.predict_config` (in-process profile as is, scaled
-    for the cores, with the stages' own measured compute, and on the calibrated host model ``job["host"]``).
-    Codec speeds: ``job["speeds"]`` (measured in-process next to the profile), else measured here."""
+    for the cores, and with the stages' own measured compute; the host models come at the end, in
+    :func:`_add_host_predictions`). Codec speeds: ``job["speeds"]`` (measured in-process next to the profile),
+    else measured here."""
     from layeredge_dist.bench.simulator import _cores, config_codecs, predict_config
     from layeredge_dist.config import with_overrides
     from layeredge_dist.pipeline import planning
-    from layeredge_dist.plan import HostModel, ModelProfile
+    from layeredge_dist.plan import ModelProfile
 
     profile = ModelProfile.from_dict(job["profile"])
     configs = {r["config"]: with_overrides(cfg, r["overrides"]) for r in runs}
@@ -564,18 +575,15 @@ def _add_predictions(runs: list[dict[str, Any]], cfg: Any, job: dict[str, Any], 
     missing = [u for u in used if u not in speeds]
     if missing:
         speeds.update(planning.measure_speeds(missing, max(profile.elements)))
-    host = HostModel.from_dict(job["host"]) if job.get("host") else None
     for r in runs:
         c = configs[r["config"]]
         r["prediction"] = predict_config(c, profile, job["opt_s"], cluster, speeds, r["stage_medians"],
-                                         r["step_s"], _cores(), host)
+                                         r["step_s"], _cores())
         p = r["prediction"]
         log(f"  [{job['rate']}] {r['config']}: measured {r['step_s']:.3f} s, predicted {p['predicted_s']:.3f} s "
             f"({p['rel_error']:+.0%}), cores-scaled {p['predicted_cores_s']:.3f} s ({p['rel_error_cores']:+.0%}), "
             f"with the stages' measured compute {p['predicted_stage_compute_s']:.3f} s "
-            f"({p['rel_error_stage_compute']:+.0%})"
-            + (f", calibrated host model {p['predicted_host_s']:.3f} s ({p['rel_error_host']:+.0%})"
-               if host is not None else ""))
+            f"({p['rel_error_stage_compute']:+.0%})")
 
 
 def _probe_dict(probe: dict[tuple[int, int], Any]) -> dict[str, dict[str, float]]:

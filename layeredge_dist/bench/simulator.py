@@ -40,7 +40,7 @@ stage per host, for every rate of ``--rates`` (default 100mbit,1gbit,unshaped) f
 forward, ef(int8) backward), ``--steps`` measured steps each after 3 warm-up steps -- the runs of ``layeredge
 bench e2e`` made short. The testbed's hosts share this machine's cores, so the simulator predicts with a
 :class:`~layeredge_dist.plan.HostModel` (cores shared by all stages, codecs on the stage threads, per-message
-and per-step overhead, a compute scale) fitted beforehand on separate runs (fp32 and the strong configuration,
+and per-step overhead, a compute scale) fitted on separate runs after the measured ones (fp32 and the strong configuration,
 ``--host-calib-steps`` steps each, on unshaped links and at the slowest rate); every row is a different run,
 predicted, not fitted. Its rows: ``predicted_s`` / ``rel_error`` from that host model, ``predicted_plain_s`` /
 ``rel_error_plain`` from the plain replay (a core per stage, codecs beside the link), ``predicted_stage_compute_s``
@@ -205,12 +205,10 @@ def cross_validated_hosts(runs: Sequence[tuple[RunConfig, Any, float]], profile:
 
 
 def predict_config(c: RunConfig, profile: Any, opt_blocks: Sequence[float], cluster: Any, speeds: Any,
-                   stages: list[dict[str, float]], measured_s: float, cores: float,
-                   host: Any = None) -> dict[str, Any]:
+                   stages: list[dict[str, float]], measured_s: float, cores: float) -> dict[str, Any]:
     """Predicted step times of run config ``c`` (its cuts, codecs, schedule, micro-batches) against
     ``measured_s``: from the in-process ``profile`` as is, scaled by ``stages / cores`` when there are fewer
-    cores than stages, with the stages' own measured compute (``stages``: :func:`stage_medians`), and -- given a
-    calibrated ``host`` (:class:`~layeredge_dist.plan.HostModel`) -- on that host model (``predicted_host_s``).
+    cores than stages, and with the stages' own measured compute (``stages``: :func:`stage_medians`).
     Relative errors are ``(predicted - measured) / measured``."""
     from layeredge_dist.plan import predict
 
@@ -222,17 +220,13 @@ def predict_config(c: RunConfig, profile: Any, opt_blocks: Sequence[float], clus
                           method="simulate").step_time_s
              for tag, f in (("", 1.0), ("_cores", factor))}
     stage_pred, slowdown = _stage_compute_prediction(profile, cuts, codec_map, cluster, c, speeds, stages, opt)
-    out = {
+    return {
         "cuts": list(cuts), "codecs": codec_map, "schedule": c.pipeline.schedule,
         "predicted_s": preds[""], "measured_s": measured_s, "rel_error": (preds[""] - measured_s) / measured_s,
         "predicted_cores_s": preds["_cores"], "rel_error_cores": (preds["_cores"] - measured_s) / measured_s,
         "predicted_stage_compute_s": stage_pred,
         "rel_error_stage_compute": (stage_pred - measured_s) / measured_s, "compute_slowdown": slowdown,
     }
-    if host is not None:
-        hp = host_prediction(c, profile, opt_blocks, cluster, speeds, host)
-        out.update(predicted_host_s=hp, rel_error_host=(hp - measured_s) / measured_s, host=host.to_dict())
-    return out
 
 
 def _testbed_rows(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -210,8 +210,8 @@ def host_step_time(compiled: _Compiled, fwd: Sequence[float], bwd: Sequence[floa
 
 #: Default grid of :func:`fit_host`: effective cores are searched around the given number.
 DEFAULT_OVERHEADS_S: tuple[float, ...] = (0.0, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.006)
-DEFAULT_STEP_OVERHEADS_S: tuple[float, ...] = (0.0, 0.002, 0.005, 0.01, 0.02)
-DEFAULT_SCALES: tuple[float, ...] = (0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
+DEFAULT_STEP_OVERHEADS_S: tuple[float, ...] = (0.0, 0.002, 0.005, 0.01, 0.02, 0.03, 0.04)
+DEFAULT_SCALES: tuple[float, ...] = tuple(round(0.9 + 0.1 * i, 1) for i in range(12))  # 0.9 ... 2.0
 
 
 def host_grid(base: HostModel = HostModel(), *, scales: Iterable[float] = DEFAULT_SCALES,
