@@ -172,6 +172,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a run config field (see layeredge train --help), e.g. model.config.n_layer=3")
     p.add_argument("--plot", metavar="PATH", default=None, help="also write a PNG: loss vs time, bytes per edge")
+    p.add_argument("--from-json", metavar="FILE", default=None,
+                   help="no runs: recompute the simulator's host-model predictions of a saved --json result with "
+                   "this version (no root needed) and print it")
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
 
@@ -179,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
     """``layeredge bench e2e``: 0 on success, 2 for bad arguments, 1 when the testbed or a run fails."""
     from layeredge_dist.testbed import TestbedError
 
+    if args.from_json:
+        return _run_from_json(args)
     try:
         settings = E2ESettings(
             rates=tuple(r.strip() for r in args.rates.split(",") if r.strip()),
@@ -226,6 +231,20 @@ def run(args: argparse.Namespace) -> int:
     print(format_rows(result))
     if args.plot:
         print(f"plot: {result['plot']}")
+    return 0
+
+
+def _run_from_json(args: argparse.Namespace) -> int:
+    """``--from-json FILE``: :func:`repredict` a saved result and print it (table or ``--json``)."""
+    try:
+        with open(args.from_json, encoding="utf-8") as f:
+            result = json.load(f)
+        result = repredict(result, log=(lambda t: None) if args.json else
+                           (lambda t: print(t, file=sys.stderr, flush=True)))
+    except (OSError, json.JSONDecodeError, KeyError, ValueError) as err:
+        print(f"layeredge bench e2e: --from-json {args.from_json}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, default=str) if args.json else format_rows(result))
     return 0
 
 
@@ -341,14 +360,10 @@ def _calibrate_host(tb: Any, nodes: Any, settings: E2ESettings, cfg: Any, out: d
     than the same configuration on the same links minutes later (three benchmark runs, 2026-11-28)."""
     from dataclasses import replace
 
-    from layeredge_dist.bench.simulator import _cores, fit_config_host
-    from layeredge_dist.config import with_overrides
-    from layeredge_dist.plan import ModelProfile
     from layeredge_dist.testbed.ray_nodes import TESTBED_OVERRIDES
 
     n = settings.host_calib_steps
     cal = replace(settings, configs=("fp32", "strong"), steps=n, eval_every=n, eval_batches=1)
-    runs: list[tuple[Any, float]] = []
     report: list[dict[str, Any]] = []
     for rate in _calibration_rates(settings):
         tb.set_rate(rate)
@@ -359,17 +374,54 @@ def _calibrate_host(tb: Any, nodes: Any, settings: E2ESettings, cfg: Any, out: d
                "profile": None, "opt_s": None, "speeds": None,
                "out": os.path.join(tb.work_dir, f"e2e-host-calibration-{tb.rate}.json")}
         res = _run_driver(nodes, job, settings.run_timeout_s, progress)
-        cluster = _cluster_from_probe_dict(res["probe"], cfg.pipeline.stages, tb.rate)
         for r in res["runs"]:
-            runs.append((with_overrides(cfg, r["overrides"]), cluster, r["step_s"]))
-            report.append({"rate": tb.rate, "config": r["config"], "step_s": r["step_s"], "probe": res["probe"],
-                           "stage_medians": r["stage_medians"]})
+            report.append({"rate": tb.rate, "config": r["config"], "overrides": r["overrides"], "step_s": r["step_s"],
+                           "probe": res["probe"], "stage_medians": r["stage_medians"]})
+    cal_out = {"steps": n, "runs": report}
+    _fit_calibration(cal_out, out, cfg, log)
+    return cal_out
+
+
+def _fit_calibration(cal: dict[str, Any], out: dict[str, Any], cfg: Any, log: Callable[[str], None]) -> None:
+    """Fit the host model on the calibration runs ``cal["runs"]`` (rate, config, step seconds, probe) with the
+    current simulator; sets ``cal["host"]`` and ``cal["max_rel_error"]``."""
+    from layeredge_dist.bench.simulator import _cores, fit_config_host
+    from layeredge_dist.config import with_overrides
+    from layeredge_dist.plan import ModelProfile
+
+    settings = out["settings"]
+    runs = [(with_overrides(cfg, r.get("overrides") or _overrides(r["config"], settings)),
+             _cluster_from_probe_dict(r["probe"], cfg.pipeline.stages, r["rate"]), r["step_s"]) for r in cal["runs"]]
     profile = ModelProfile.from_dict(out["profile"]["profile"])
     host, err = fit_config_host(runs, profile, out["profile"]["opt_s"], out["codec_speeds_Bps"], _cores())
-    measured = ", ".join(f"{r['config']} at {r['rate']} {r['step_s']:.3f} s" for r in report)
+    measured = ", ".join(f"{r['config']} at {r['rate']} {r['step_s']:.3f} s" for r in cal["runs"])
     log(f"[host calibration] measured {measured}; host model: {host.describe()} (largest error on these runs "
         f"{err:.0%})")
-    return {"host": host.to_dict(), "max_rel_error": err, "steps": n, "runs": report}
+    cal.update(host=host.to_dict(), max_rel_error=err)
+
+
+def _overrides(name: str, s: dict[str, Any]) -> list[str]:
+    """The codec overrides of the fixed configurations ``fp32``, ``bf16`` and ``strong`` (settings ``s``)."""
+    if name == "strong":
+        return [f"codecs.forward={s['strong_forward']}", f"codecs.backward={s['strong_backward']}"]
+    if name in ("fp32", "bf16"):
+        return [f"codecs.forward={name}", f"codecs.backward={name}"]
+    raise ValueError(f"no fixed codecs for configuration {name!r}")
+
+
+def repredict(result: dict[str, Any], log: Callable[[str], None] = lambda t: None) -> dict[str, Any]:
+    """A saved ``bench e2e --json`` result with every host-model prediction recomputed by the current simulator
+    from the stored measurements (calibration runs, rows, probes, profile, codec speeds): no testbed, no root.
+    ValueError for a result without a profile or codec speeds (no plan configuration, or an older version)."""
+    if not result.get("profile") or not result.get("codec_speeds_Bps"):
+        raise ValueError("the result has no profile or codec speeds to predict from (run with the plan "
+                         "configuration, by this version)")
+    s = result["settings"]
+    cfg = _base_config(E2ESettings(rates=tuple(s["rates"]), overrides=tuple(s["overrides"])))
+    if result.get("host_calibration"):
+        _fit_calibration(result["host_calibration"], result, cfg, log)
+    _add_host_predictions(result, cfg, log)
+    return result
 
 
 def _add_host_predictions(out: dict[str, Any], cfg: Any, log: Callable[[str], None]) -> None:
@@ -527,13 +579,9 @@ def drive(job: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     with connect(address=job["address"], timeout_s=float(s["start_timeout_s"])):
         cluster = None
         for name in s["configs"]:
-            if name == "fp32":
-                overrides = ["codecs.forward=fp32", "codecs.backward=fp32"]
-            elif name == "bf16":
-                overrides = ["codecs.forward=bf16", "codecs.backward=bf16"]
-            elif name == "strong":
-                overrides = [f"codecs.forward={s['strong_forward']}", f"codecs.backward={s['strong_backward']}"]
-            else:  # plan
+            if name != "plan":
+                overrides = _overrides(name, s)
+            else:
                 if cluster is None:
                     cluster, out["probe"] = _probe_cluster(cfg, int(s["probe_bytes"]), log)
                 plan = _choose_plan(job["profile"], cfg, cluster, s, log, job.get("speeds"))
@@ -593,14 +641,15 @@ def _probe_dict(probe: dict[tuple[int, int], Any]) -> dict[str, dict[str, float]
 def _cluster_from_probe_dict(probe: dict[str, dict[str, float]], stages: int, rate: str | None = None) -> Any:
     """The ClusterSpec of :func:`_probe_dict`'s form: each link's probed bandwidth, one-way latency RTT / 2, and
     -- given the testbed ``rate`` it was shaped to -- the depth of its ``tc tbf`` bucket (0 when unshaped), which
-    lets a message smaller than the bucket pass at line speed after an idle gap."""
+    lets a message smaller than the bucket pass at line speed after an idle gap; a star (every host has one port
+    on the testbed's switch, which its outgoing / incoming messages share)."""
     from layeredge_dist.plan import ClusterSpec, LinkSpec
     from layeredge_dist.testbed import parse_rate
 
     burst = float(parse_rate(rate).burst_bytes) if rate is not None else 0.0
     return ClusterSpec(stages, tuple(LinkSpec(probe[f"s{k}->s{k + 1}"]["bandwidth_Bps"],
                                               probe[f"s{k}->s{k + 1}"]["rtt_s"] / 2, burst)
-                                     for k in range(stages - 1)))
+                                     for k in range(stages - 1)), star=True)
 
 
 def _cluster_from_probe(probe: dict[tuple[int, int], Any], stages: int) -> Any:

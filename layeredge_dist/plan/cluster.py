@@ -154,11 +154,15 @@ class LinkSpec:
 class ClusterSpec:
     """``nodes`` machines in a chain; ``links`` is one :class:`LinkSpec` for every consecutive pair, or a
     sequence of ``nodes - 1`` of them (link ``k`` joins node ``k`` and ``k + 1``). ``wrap`` joins the last node
-    used back to the first (only interleaved schedules use it). ValueError for a wrong number of links."""
+    used back to the first (only interleaved schedules use it). ``star``: the nodes hang off one switch, each by
+    a single full-duplex port, so all of a node's outgoing messages share its egress and all its incoming ones its
+    ingress (the network-namespace testbed); else every pair of neighbours has its own link. Only the host-aware
+    replay (:func:`~.hosts.host_step_time`) models the shared ports. ValueError for a wrong number of links."""
 
     nodes: int
     links: LinkSpec | tuple[LinkSpec, ...]
     wrap: LinkSpec | None = None
+    star: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.nodes, int) or self.nodes < 1:
@@ -215,7 +219,10 @@ class ClusterSpec:
         """JSON-compatible dict; ``ClusterSpec.from_dict(c.to_dict()) == c``."""
         links: Any = (self.links.to_dict() if isinstance(self.links, LinkSpec)
                       else [link.to_dict() for link in self.links])
-        return {"nodes": self.nodes, "links": links, "wrap": None if self.wrap is None else self.wrap.to_dict()}
+        out = {"nodes": self.nodes, "links": links, "wrap": None if self.wrap is None else self.wrap.to_dict()}
+        if self.star:
+            out["star"] = True
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClusterSpec:
@@ -224,13 +231,15 @@ class ClusterSpec:
         links: LinkSpec | tuple[LinkSpec, ...] = (
             LinkSpec.from_dict(raw) if isinstance(raw, Mapping) else tuple(LinkSpec.from_dict(x) for x in raw))
         wrap = data.get("wrap")
-        return cls(int(data["nodes"]), links, None if wrap is None else LinkSpec.from_dict(wrap))
+        return cls(int(data["nodes"]), links, None if wrap is None else LinkSpec.from_dict(wrap),
+                   bool(data.get("star", False)))
 
     def describe(self) -> str:
         """One line: ``4 nodes, links 100 Mbit/s, 1 ms``."""
+        shape = " on one switch" if self.star else ""
         if isinstance(self.links, LinkSpec):
-            return f"{self.nodes} nodes, links {self.links}"
-        return f"{self.nodes} nodes, links " + " | ".join(str(link) for link in self.links)
+            return f"{self.nodes} nodes{shape}, links {self.links}"
+        return f"{self.nodes} nodes{shape}, links " + " | ".join(str(link) for link in self.links)
 
 
 def as_cluster(link_or_cluster: LinkSpec | ClusterSpec | str | float, num_stages: int) -> ClusterSpec:

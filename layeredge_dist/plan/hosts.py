@@ -18,7 +18,9 @@ other down whenever more of them are busy than there are cores.
   ``wire + message_overhead_s`` after its transfer starts (the overhead -- Python, gRPC and thread hand-offs on
   both ends -- delays the message but does not hold the link); on a token-bucket link (``buckets``) the bytes
   covered by the bucket's tokens leave at once, which shortens ``wire`` by ``min(tokens, bytes) / rate``; the
-  bucket refills at the rate up to its depth while the link is idle;
+  bucket refills at the rate up to its depth while the link is idle; with ``star=True`` (one switch port per
+  node) the resources are ports instead of links: a message holds its sender's egress and its receiver's ingress,
+  each with its own bucket, so a middle stage's activations and gradients queue behind each other;
 - a receive waits for the arrival, then decodes (a job);
 - the step ends when every stage has finished its actions, plus ``step_overhead_s`` (the driver's dispatch and
   result collection).
@@ -99,14 +101,15 @@ class HostModel:
 
 def host_step_time(compiled: _Compiled, fwd: Sequence[float], bwd: Sequence[float], opt: Sequence[float],
                    encode: Sequence[float], wire: Sequence[float], decode: Sequence[float],
-                   host: HostModel, buckets: Sequence[tuple[float, float, float]] | None = None
-                   ) -> tuple[float, tuple[float, ...]]:
+                   host: HostModel, buckets: Sequence[tuple[float, float, float]] | None = None,
+                   star: bool = False) -> tuple[float, tuple[float, ...]]:
     """(step seconds, finish time of each stage) of ``compiled`` on ``host`` (see the module docstring).
 
     ``fwd`` / ``bwd``: seconds per micro-batch per virtual stage; ``opt``: per physical stage; ``encode``,
     ``wire``, ``decode``: per transfer index (activations of virtual edges ``0..V-2`` then gradients), seconds per
     message (``wire`` includes the link latency); ``buckets``: per transfer index ``(bytes, rate_Bps,
     burst_bytes)`` of its token-bucket link (burst 0: a plain link), None = plain links. Buckets start full.
+    ``star``: messages hold the sender's egress and the receiver's ingress port instead of a directed link.
     DeadlockError when some stage never finishes.
     """
     p = compiled.num_stages
@@ -119,9 +122,12 @@ def host_step_time(compiled: _Compiled, fwd: Sequence[float], bwd: Sequence[floa
     delivered = [False] * n_msg
     msg_decode = [0.0] * n_msg
     waiting = [-1] * n_msg
-    link_free = [0.0] * compiled.num_links
-    tokens: list[float | None] = [None] * compiled.num_links  # bytes in each directed link's bucket (None: full)
-    refilled = [0.0] * compiled.num_links
+    # resources a message holds: its directed link, or (star) the sending stage s's egress port (id p + s) and the
+    # receiving stage r's ingress port (id r)
+    n_res = 2 * p if star else compiled.num_links
+    free = [0.0] * n_res
+    tokens: list[float | None] = [None] * n_res  # bytes in each resource's bucket (None: full)
+    refilled = [0.0] * n_res
     in_flight: list[tuple[float, int, int]] = []  # (arrival, order, message)
     ptr = [0] * p
     work = [0.0] * p  # remaining seconds of work of the stage's job
@@ -158,16 +164,23 @@ def host_step_time(compiled: _Compiled, fwd: Sequence[float], bwd: Sequence[floa
         sent = on_done[s]
         if sent is not None:
             a, b, c = sent
-            start = max(now, link_free[b])
+            if star:
+                src = b // 2
+                res: tuple[int, ...] = (src + p, (src + 1) % p if b % 2 == 0 else (src - 1) % p)
+            else:
+                res = (b,)
+            start = max(now, *(free[r] for r in res))
             dur = wire[c]
             if buckets is not None and buckets[c][2] > 0:
                 nbytes, rate, depth = buckets[c]
-                have = tokens[b]
-                have = depth if have is None else min(depth, have + (start - refilled[b]) * rate)
-                used = min(have, nbytes)
+                have = [depth if tokens[r] is None else min(depth, tokens[r] + (start - refilled[r]) * rate)
+                        for r in res]
+                used = min(min(have), nbytes)
                 dur -= used / rate
-                tokens[b], refilled[b] = have - used, start + dur
-            link_free[b] = start + dur
+                for r, h in zip(res, have):
+                    tokens[r], refilled[r] = h - used, start + dur
+            for r in res:
+                free[r] = start + dur
             msg_decode[a] = dec[c]
             heapq.heappush(in_flight, (start + dur + host.message_overhead_s, order, a))
             order += 1

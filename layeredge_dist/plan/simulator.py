@@ -220,7 +220,7 @@ class PipelineModel:
             buckets = [(float(self.comm(*side)[1]), self.links[side[0]].bandwidth_Bps, self.links[side[0]].burst_bytes)
                        for side in sides]
         return host_step_time(self.compiled(), self.fwd, self.bwd, self.opt, [x[0] for x in parts],
-                              [x[1] for x in parts], [x[2] for x in parts], host, buckets)[0]
+                              [x[1] for x in parts], [x[2] for x in parts], host, buckets, self.cluster.star)[0]
 
     def compiled(self) -> _Compiled:
         """The schedule compiled for :func:`fast_step_time` (cached across models)."""

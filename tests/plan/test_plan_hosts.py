@@ -221,3 +221,24 @@ def test_token_bucket_links() -> None:
     assert fast < slow
     with pytest.raises(ValueError, match="burst_bytes"):
         LinkSpec(12.5e6, 0.0, -1.0)
+
+
+def test_star_ports_are_shared_by_a_stage_s_messages() -> None:
+    """On one switch port per node, the middle stage's activation (to s2) and gradient (to s0) leave through the
+    same egress: with links that are the bottleneck the step grows; the cluster flag round-trips."""
+    prof = ModelProfile.from_numbers([0.001] * 3, [0.002] * 3, [500_000] * 2, micro_batches=4)
+    link = LinkSpec(12.5e6, 0.0)
+    chain = PipelineModel(prof, (1, 2), ClusterSpec(3, link)).host_step_time([("fp32", "fp32")] * 2, HostModel())
+    star_cluster = ClusterSpec(3, link, star=True)
+    star = PipelineModel(prof, (1, 2), star_cluster).host_step_time([("fp32", "fp32")] * 2, HostModel())
+    per_msg = 500_000 * 4 / 12.5e6  # 0.16 s
+    # the middle stage sends 4 activations and 4 gradients: 8 messages through one egress
+    assert star >= 8 * per_msg
+    assert star > 1.2 * chain
+    assert ClusterSpec.from_dict(star_cluster.to_dict()) == star_cluster
+    assert "on one switch" in star_cluster.describe()
+    # two stages: the same two ports either way
+    two = PipelineModel(prof, (1,), ClusterSpec(2, link)).host_step_time([("fp32", "fp32")], HostModel())
+    two_star = PipelineModel(prof, (1,), ClusterSpec(2, link, star=True)).host_step_time([("fp32", "fp32")],
+                                                                                         HostModel())
+    assert two_star == pytest.approx(two)
