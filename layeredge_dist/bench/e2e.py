@@ -285,6 +285,7 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
                            "profile": None, "demo": list(DEMO), "load_average": {"start": list(os.getloadavg())}}
     profile = None
     if "plan" in settings.configs:
+        from layeredge_dist.bench.simulator import _cores
         from layeredge_dist.pipeline import planning
 
         log(f"profiling {cfg.model.family} in-process (1 thread): {settings.calib_steps} training steps, "
@@ -307,6 +308,7 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
         used = sorted({"fp32", "bf16", settings.strong_forward, settings.strong_backward, *_all_candidates(settings)})
         speeds = planning.measure_speeds(used, max(meas.profile.elements))
         out["codec_speeds_Bps"] = {k: list(v) for k, v in speeds.items()}
+        out["host_cores"] = _cores()  # the testbed's hosts share this machine's cores
     with testbed_job.testbed_with_ray(settings.hosts, settings.rates[0], max(1.0, cfg.cluster.cpus_per_stage),
                                       settings.start_timeout_s, log) as (tb, nodes, out["testbed"]):
         for rate in settings.rates:
@@ -393,7 +395,8 @@ def _fit_calibration(cal: dict[str, Any], out: dict[str, Any], cfg: Any, log: Ca
     runs = [(with_overrides(cfg, r.get("overrides") or _overrides(r["config"], settings)),
              _cluster_from_probe_dict(r["probe"], cfg.pipeline.stages, r["rate"]), r["step_s"]) for r in cal["runs"]]
     profile = ModelProfile.from_dict(out["profile"]["profile"])
-    host, err = fit_config_host(runs, profile, out["profile"]["opt_s"], out["codec_speeds_Bps"], _cores())
+    host, err = fit_config_host(runs, profile, out["profile"]["opt_s"], out["codec_speeds_Bps"],
+                                out.get("host_cores") or _cores())
     measured = ", ".join(f"{r['config']} at {r['rate']} {r['step_s']:.3f} s" for r in cal["runs"])
     log(f"[host calibration] measured {measured}; host model: {host.describe()} (largest error on these runs "
         f"{err:.0%})")
@@ -452,7 +455,8 @@ def _add_host_predictions(out: dict[str, Any], cfg: Any, log: Callable[[str], No
     if len(rows) < 2:
         return
     t0 = time.perf_counter()
-    for r, (host, pred) in zip(rows, cross_validated_hosts(runs, profile, opt, speeds, _cores())):
+    for r, (host, pred) in zip(rows, cross_validated_hosts(runs, profile, opt, speeds,
+                                                           out.get("host_cores") or _cores())):
         r["prediction"].update(predicted_host_cv_s=pred, rel_error_host_cv=(pred - r["step_s"]) / r["step_s"],
                                host_cv=host.to_dict())
     log(f"leave-one-out host models over {len(rows)} runs: {time.perf_counter() - t0:.1f} s")
