@@ -40,13 +40,13 @@ stage per host, for every rate of ``--rates`` (default 100mbit,1gbit,unshaped) f
 forward, ef(int8) backward), ``--steps`` measured steps each after 3 warm-up steps -- the runs of ``layeredge
 bench e2e`` made short. The testbed's hosts share this machine's cores, so the simulator predicts with a
 :class:`~layeredge_dist.plan.HostModel` (cores shared by all stages, codecs on the stage threads, per-message
-and per-step overhead, a compute scale) fitted on separate runs after the measured ones (fp32 and the strong configuration,
-``--host-calib-steps`` steps each, on unshaped links and at the slowest rate); every row is a different run,
-predicted, not fitted. Its rows: ``predicted_s`` / ``rel_error`` from that host model, ``predicted_plain_s`` /
+and per-step overhead, a compute scale) fitted on separate runs after the measured ones (fp32 and the strong
+configuration, ``--host-calib-steps`` steps each, on unshaped links and at the slowest rate); every row is a
+different run, predicted, not fitted. Its rows: ``predicted_s`` / ``rel_error`` from that host model, ``predicted_plain_s`` /
 ``rel_error_plain`` from the plain replay (a core per stage, codecs beside the link), ``predicted_stage_compute_s``
 with the stages' own measured compute, ``predicted_cv_s`` / ``rel_error_cv`` from a host model fitted on all the
-other rows (leave-one-out: more data for the fit, which averages a shared machine's run-to-run noise, each prediction still
-out of sample).
+other rows (leave-one-out: more data for the fit, which averages a shared machine's run-to-run noise, each
+prediction still out of sample).
 """
 
 from __future__ import annotations
@@ -170,15 +170,25 @@ def _config_inputs(c: RunConfig, profile: Any, opt_blocks: Sequence[float]
     return cuts, config_codecs(c), [sum(opt_blocks[bounds[s]:bounds[s + 1]]) for s in range(n)]
 
 
-def host_prediction(c: RunConfig, profile: Any, opt_blocks: Sequence[float], cluster: Any, speeds: Any,
-                    host: Any) -> float:
-    """The simulator's step seconds for run config ``c`` on ``host`` (a :class:`~layeredge_dist.plan.HostModel`:
-    shared cores, codecs on the stage threads, per-message and per-step overheads)."""
-    from layeredge_dist.plan import predict
+def host_stepper(c: RunConfig, profile: Any, opt_blocks: Sequence[float], cluster: Any,
+                 speeds: Any) -> Callable[[Any], float]:
+    """``host -> step seconds`` of run config ``c`` on a :class:`~layeredge_dist.plan.HostModel` (shared cores,
+    codecs on the stage threads, per-message and per-step overheads); the pipeline model is built once, so a fit
+    over many host models only replays the schedule."""
+    from layeredge_dist.plan import PipelineModel
+    from layeredge_dist.plan.simulator import resolve_codecs
 
     cuts, codec_map, opt = _config_inputs(c, profile, opt_blocks)
-    return predict(profile, cuts, codec_map, cluster, c.pipeline.schedule, c.pipeline.microbatches, speeds=speeds,
-                   opt_time_s=opt, host=host).step_time_s
+    model = PipelineModel(profile, cuts, cluster, schedule=c.pipeline.schedule, microbatches=c.pipeline.microbatches,
+                          speeds=speeds, opt_time_s=opt)
+    pairs = resolve_codecs(codec_map, model.num_stages)
+    return lambda host: model.host_step_time(pairs, host)
+
+
+def host_prediction(c: RunConfig, profile: Any, opt_blocks: Sequence[float], cluster: Any, speeds: Any,
+                    host: Any) -> float:
+    """The simulator's step seconds for run config ``c`` on ``host`` (see :func:`host_stepper`)."""
+    return host_stepper(c, profile, opt_blocks, cluster, speeds)(host)
 
 
 def fit_config_host(runs: Sequence[tuple[RunConfig, Any, float]], profile: Any, opt_blocks: Sequence[float],
@@ -188,8 +198,8 @@ def fit_config_host(runs: Sequence[tuple[RunConfig, Any, float]], profile: Any, 
     and its largest relative error on those runs."""
     from layeredge_dist.plan import HostModel, fit_host
 
-    return fit_host(lambda h: [host_prediction(c, profile, opt_blocks, cl, speeds, h) for c, cl, _ in runs],
-                    [m for _, _, m in runs], HostModel(cores))
+    steppers = [host_stepper(c, profile, opt_blocks, cl, speeds) for c, cl, _ in runs]
+    return fit_host(lambda h: [step(h) for step in steppers], [m for _, _, m in runs], HostModel(cores))
 
 
 def cross_validated_hosts(runs: Sequence[tuple[RunConfig, Any, float]], profile: Any, opt_blocks: Sequence[float],
@@ -199,9 +209,8 @@ def cross_validated_hosts(runs: Sequence[tuple[RunConfig, Any, float]], profile:
     step for this one (:func:`~layeredge_dist.plan.cross_validate_host`)."""
     from layeredge_dist.plan import HostModel, cross_validate_host
 
-    return cross_validate_host(
-        lambda i, h: host_prediction(runs[i][0], profile, opt_blocks, runs[i][1], speeds, h),
-        [m for _, _, m in runs], HostModel(cores))
+    steppers = [host_stepper(c, profile, opt_blocks, cl, speeds) for c, cl, _ in runs]
+    return cross_validate_host(lambda i, h: steppers[i](h), [m for _, _, m in runs], HostModel(cores))
 
 
 def predict_config(c: RunConfig, profile: Any, opt_blocks: Sequence[float], cluster: Any, speeds: Any,

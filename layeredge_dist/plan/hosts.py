@@ -257,13 +257,13 @@ def _check_measured(measured_s: Sequence[float]) -> list[float]:
 
 
 def fit_host(predict_step: Callable[[HostModel], Sequence[float]], measured_s: Sequence[float],
-             base: HostModel = HostModel(), **grid: Iterable[float]) -> tuple[HostModel, float]:
-    """The :class:`HostModel` (``base.cores`` kept) whose predictions ``predict_step(host)`` -- one step time per
-    measured run -- come closest to ``measured_s``: the smallest largest relative error over :func:`host_grid`
-    (``grid``: its ``scales``, ``message_overheads_s``, ``step_overheads_s``; ties: the smaller sum of squared
-    errors). Returns it and that largest relative error. ValueError for no measurements or a length mismatch."""
+             base: HostModel = HostModel(), grid: Sequence[HostModel] | None = None) -> tuple[HostModel, float]:
+    """The :class:`HostModel` whose predictions ``predict_step(host)`` -- one step time per measured run -- come
+    closest to ``measured_s``: the smallest largest relative error over ``grid`` (default :func:`host_grid` of
+    ``base``; ties: the smaller sum of squared errors). Returns it and that largest relative error. ValueError for
+    no measurements or a length mismatch."""
     meas = _check_measured(measured_s)
-    hosts = host_grid(base, **grid)
+    hosts = list(grid) if grid is not None else host_grid(base)
     preds = []
     for host in hosts:
         row = [float(x) for x in predict_step(host)]
@@ -274,14 +274,15 @@ def fit_host(predict_step: Callable[[HostModel], Sequence[float]], measured_s: S
 
 
 def cross_validate_host(predict_run: Callable[[int, HostModel], float], measured_s: Sequence[float],
-                        base: HostModel = HostModel(), **grid: Iterable[float]) -> list[tuple[HostModel, float]]:
+                        base: HostModel = HostModel(), grid: Sequence[HostModel] | None = None
+                        ) -> list[tuple[HostModel, float]]:
     """Leave-one-out: for every run ``i``, the host model fitted (as :func:`fit_host`) on all the other runs and
     its prediction of run ``i`` (``predict_run(i, host)``: run ``i``'s predicted step seconds). Each prediction is
     out of sample. ValueError for fewer than two runs."""
     meas = _check_measured(measured_s)
     if len(meas) < 2:
         raise ValueError("cross-validation needs at least two runs")
-    hosts = host_grid(base, **grid)
+    hosts = list(grid) if grid is not None else host_grid(base)
     preds = [[float(predict_run(i, h)) for i in range(len(meas))] for h in hosts]
     out = []
     for i in range(len(meas)):

@@ -45,7 +45,7 @@ from layeredge_dist.schedule import (Backward, DeadlockError, Forward, Optimizer
                                      simulate)
 
 from .cluster import ClusterSpec, LinkSpec, as_cluster, parse_bandwidth, parse_duration
-from .codec_costs import Speeds, codec_cost, edge_time
+from .codec_costs import Speeds, codec_cost
 from .hosts import HostModel, host_step_time
 from .profile import DIRECTIONS, ModelProfile, check_cuts, stage_ranges
 
@@ -190,9 +190,9 @@ class PipelineModel:
         key = (edge, direction, spec)
         hit = self._cache.get(key)
         if hit is None:
-            cost = codec_cost(spec, self.speeds)
+            enc, wire, dec = self.codec_parts(edge, direction, spec)
             n = self.profile.boundary_elements(self.boundaries[edge], direction)
-            hit = (edge_time(cost, n, self.links[edge]), cost.wire_bytes(n))
+            hit = (wire + enc + dec, codec_cost(spec, self.speeds).wire_bytes(n))  # = codec_costs.edge_time
             self._cache[key] = hit
         return hit
 

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from layeredge_dist.plan import (ClusterSpec, HostModel, LinkSpec, ModelProfile, PipelineModel,
-                                 cross_validate_host, fit_host, host_step_time, predict)
+                                 cross_validate_host, fit_host, host_grid, host_step_time, predict)
 from layeredge_dist.plan.simulator import _compile, fast_step_time
 from layeredge_dist.schedule import DeadlockError
 
@@ -181,18 +181,19 @@ def test_cross_validation_predicts_each_run_from_the_others() -> None:
         return PipelineModel(prof, (2, 4), cluster).host_step_time([(codec, codec)] * 2, host)
 
     measured = [one(i, truth) for i in range(len(runs))]
-    grid = dict(scales=(1.0, 1.2, 1.4), message_overheads_s=(0.0, 0.001, 0.002), step_overheads_s=(0.0, 0.002))
-    out = cross_validate_host(one, measured, HostModel(cores=2), **grid)
+    grid = host_grid(HostModel(cores=2), scales=(1.0, 1.2, 1.4), message_overheads_s=(0.0, 0.001, 0.002),
+                     step_overheads_s=(0.0, 0.002))
+    out = cross_validate_host(one, measured, HostModel(cores=2), grid)
     assert len(out) == len(runs)
     for (host, pred), m in zip(out, measured):
         assert host == truth and pred == pytest.approx(m)
     # a disturbed run does not calibrate its own prediction: the others still give the true model
     noisy = list(measured)
     noisy[0] *= 1.5
-    host0, pred0 = cross_validate_host(one, noisy, HostModel(cores=2), **grid)[0]
+    host0, pred0 = cross_validate_host(one, noisy, HostModel(cores=2), grid)[0]
     assert host0 == truth and pred0 == pytest.approx(measured[0])
     with pytest.raises(ValueError, match="two runs"):
-        cross_validate_host(one, measured[:1], HostModel(cores=2), **grid)
+        cross_validate_host(one, measured[:1], HostModel(cores=2), grid)
 
 
 def test_token_bucket_links() -> None:

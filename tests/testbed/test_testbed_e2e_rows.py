@@ -142,7 +142,8 @@ def test_repredict_recovers_the_host_model_that_made_the_measurements(tmp_path) 
             over, s = step(config, rate, p)
             cal.append({"rate": rate, "config": config, "overrides": over, "step_s": s, "probe": p})
     result = {"settings": asdict(settings), "profile": {"profile": profile.to_dict(), "opt_s": opt},
-              "codec_speeds_Bps": speeds, "rows": rows, "rates": {"100mbit": {"probe": probe}, "1gbit": {"probe": fast}},
+              "codec_speeds_Bps": speeds, "rows": rows,
+              "rates": {"100mbit": {"probe": probe}, "1gbit": {"probe": fast}},
               "host_calibration": {"steps": 15, "runs": cal}}
     out = repredict(json.loads(json.dumps(result)))
     assert HostModel.from_dict(out["host_calibration"]["host"]) == truth
