@@ -122,6 +122,12 @@ class Codec(abc.ABC):
         dtype, contiguous) the result is written into it and returned.
         """
 
+    @property
+    def data_dependent(self) -> bool:
+        """True when the payload size depends on the data, not only on ``numel`` (then :meth:`payload_nbytes` is
+        the nominal size and ``encode(..., out=...)`` raises CodecError)."""
+        return False
+
     @abc.abstractmethod
     def payload_nbytes(self, numel: int) -> int:
         """Exact payload size in bytes for a tensor of ``numel`` elements.

@@ -154,3 +154,53 @@ def unpack_flat(packed: torch.Tensor, n: int, bits: int) -> torch.Tensor:
         )
     bpu = _BYTES_PER_UNIT[bits]
     return unpack_units(packed.view(-1, bpu, 1), bits).reshape(-1)[:n]  # (units, cpu, 1) -> (n,)
+
+
+# ---- any width (1..8 bits): bit-serial layout ------------------------------------------------------------
+
+
+def bitstream_nbytes(n: int, bits: int) -> int:
+    """Size in bytes of ``n`` codes of ``bits`` (1..8) bits in the bit-serial layout of :func:`pack_bitstream`."""
+    if not 1 <= bits <= 8:
+        raise CodecError(f"unsupported code width {bits} bits; expected 1..8")
+    return -(-n * bits // 8)
+
+
+def pack_bitstream(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack a 1-D uint8 stream of ``bits``-bit codes (any width 1..8) bit-serially: bit ``j`` of code ``i`` is
+    bit ``(i * bits + j) % 8`` of byte ``(i * bits + j) // 8``; the last byte is zero-padded.
+
+    Every 8 codes fill exactly ``bits`` bytes: they are summed into one int64 word (``sum c_i << bits * i``, at most
+    64 bits; the top bit may wrap into the sign, which the byte extraction ignores) whose little-endian bytes are
+    the output. Used where widths vary per column, as in :mod:`.klt`. Returns (``bitstream_nbytes(n, bits)``,) uint8.
+    """
+    nbytes = bitstream_nbytes(codes.numel(), bits)
+    if codes.dim() != 1 or codes.dtype != torch.uint8:
+        raise CodecError(f"pack_bitstream expects a 1-D uint8 code stream, got {codes.dtype} {tuple(codes.shape)}")
+    n = codes.numel()
+    units = -(-n // 8)
+    padded = torch.zeros(units * 8, dtype=torch.int64, device=codes.device)
+    padded[:n] = codes
+    shifts = torch.arange(8, dtype=torch.int64, device=codes.device) * bits
+    words = (padded.view(units, 8) << shifts).sum(dim=1)  # (units,): no two codes share a bit
+    byte_shifts = torch.arange(bits, dtype=torch.int64, device=codes.device) * 8
+    out = ((words.unsqueeze(1) >> byte_shifts) & 255).to(torch.uint8)  # (units, bits)
+    return out.reshape(-1)[:nbytes]
+
+
+def unpack_bitstream(packed: torch.Tensor, n: int, bits: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bitstream`: the first ``n`` codes as 1-D uint8; CodecError unless the length is exact."""
+    expected = bitstream_nbytes(n, bits)
+    if packed.dim() != 1 or packed.dtype != torch.uint8 or packed.numel() != expected:
+        raise CodecError(
+            f"unpack_bitstream: expected 1-D uint8 of {expected} B for {n} {bits}-bit codes, "
+            f"got {packed.dtype} {tuple(packed.shape)}"
+        )
+    units = -(-n // 8)
+    full = torch.zeros(units * bits, dtype=torch.int64, device=packed.device)
+    full[:expected] = packed
+    byte_shifts = torch.arange(bits, dtype=torch.int64, device=packed.device) * 8
+    words = (full.view(units, bits) << byte_shifts).sum(dim=1)  # (units,)
+    shifts = torch.arange(8, dtype=torch.int64, device=packed.device) * bits
+    codes = (words.unsqueeze(1) >> shifts) & (2**bits - 1)  # (units, 8)
+    return codes.to(torch.uint8).reshape(-1)[:n]

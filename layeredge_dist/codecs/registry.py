@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from .base import Codec, CodecError
 from .cast import CastCodec
+from .klt import KLTCodec
 from .quant import IntQuantCodec
 from .raw import RawCodec
 from .sparse import SparseCodec
@@ -17,7 +18,7 @@ from .spec import Chain, Term, Wrapped, parse_spec
 from .stateful import DeltaCodec, ErrorFeedback
 
 #: Every stateless codec class; the completeness test checks that no Codec subclass is missing here.
-CODEC_CLASSES: tuple[type[Codec], ...] = (CastCodec, IntQuantCodec, SparseCodec, RawCodec)
+CODEC_CLASSES: tuple[type[Codec], ...] = (CastCodec, IntQuantCodec, KLTCodec, SparseCodec, RawCodec)
 #: Every stateful wrapper class, by its spec name.
 WRAPPER_CLASSES: dict[str, type[ErrorFeedback] | type[DeltaCodec]] = {"ef": ErrorFeedback, "delta": DeltaCodec}
 
@@ -25,6 +26,7 @@ WRAPPER_CLASSES: dict[str, type[ErrorFeedback] | type[DeltaCodec]] = {"ef": Erro
 EXAMPLES: tuple[str, ...] = (
     "raw", "fp32", "fp16", "bf16", "fp8e4m3", "fp8e5m2",
     "int8", "int4", "int3", "int2", "int4/b64", "int8/b4096", "int4/rht", "int2/b64/rht/sr", "int8/sr",
+    "klt:3", "klt:2.5",
     "topk:0.05", "atopk:0.01", "randk:0.1", "topk:0.05+int8", "atopk:0.01+fp16", "randk:0.25+int4/sr",
     "ef(int2)", "ef(topk:0.01+int8)", "delta(int4)", "delta(int2/rht)",
 )

@@ -9,6 +9,8 @@ Each family's error bound is stated from its definition:
   holds in the rotated domain, which gives ``||y - x||_2 <= sqrt(B) ||x||_2 / c`` (the rotation is orthonormal
   and a rotated block's absmax is at most its L2 norm);
 * sparsifiers: zero off the kept positions; kept values exact (raw) or within the value codec's bound;
+* ``klt:B``: its fallback payload within ``int<b>/rht``'s bound; its transform payload with squared error at most
+  ``FALLBACK_REL_ERROR[b] ||x||^2`` before the cast back to the input dtype (which adds its rounding);
 * ``raw``: bit-exact.
 """
 
@@ -23,6 +25,7 @@ from hypothesis import strategies as st
 
 from layeredge_dist.codecs.base import Codec, CodecError, Encoded
 from layeredge_dist.codecs.cast import CastCodec
+from layeredge_dist.codecs.klt import FALLBACK_REL_ERROR, KLTCodec
 from layeredge_dist.codecs.quant import IntQuantCodec
 from layeredge_dist.codecs.raw import RawCodec
 from layeredge_dist.codecs.registry import EXAMPLES, parse_any, parse_codec
@@ -113,8 +116,24 @@ def _assert_quant_bound(codec: IntQuantCodec, x: torch.Tensor, y: torch.Tensor) 
     assert bool((err <= bound).all()), f"{codec.spec}: max excess {float((err - bound).max())}"
 
 
-def _assert_value_bound(codec: Codec, x: torch.Tensor, y: torch.Tensor) -> None:
-    if isinstance(codec, RawCodec):
+def _assert_klt_bound(codec: KLTCodec, x: torch.Tensor, enc: Encoded, y: torch.Tensor) -> None:
+    mode, width = int(enc.payload[0]), int(enc.payload[1])
+    if mode == 2:
+        _assert_quant_bound(IntQuantCodec(width, rht=True), x, y)
+        return
+    assert mode == 1, f"{codec.spec}: mode byte {mode}"
+    xf, yf = x.reshape(-1).double(), y.reshape(-1).double()
+    u_in = UNIT_ROUNDOFF[FORMAT_OF[x.dtype]]
+    rel = math.sqrt(FALLBACK_REL_ERROR[codec._fallback_bits(xf.numel())])
+    bound = (rel * (1 + 1e-5) + u_in * (1 + rel) + 1e-6) * float(xf.norm()) + 1e-30
+    assert float((yf - xf).norm()) <= bound, f"{codec.spec}: transform-mode error over its guarantee"
+
+
+def _assert_value_bound(codec: Codec, x: torch.Tensor, y: torch.Tensor, enc: Encoded | None = None) -> None:
+    if isinstance(codec, KLTCodec):
+        assert enc is not None, "klt is bounded per payload mode"
+        _assert_klt_bound(codec, x, enc, y)
+    elif isinstance(codec, RawCodec):
         same_bits = torch.equal(y.reshape(-1).view(torch.uint8), x.reshape(-1).contiguous().view(torch.uint8))
         assert same_bits, "raw: not bit-exact"
     elif isinstance(codec, CastCodec):
@@ -127,7 +146,7 @@ def _assert_value_bound(codec: Codec, x: torch.Tensor, y: torch.Tensor) -> None:
 
 def _assert_within_bound(codec: Codec, x: torch.Tensor, enc: Encoded, y: torch.Tensor) -> None:
     if not isinstance(codec, SparseCodec):
-        _assert_value_bound(codec, x, y)
+        _assert_value_bound(codec, x, y, enc)
         return
     idx, vals = codec.decode_sparse(enc)
     xf, yf = x.reshape(-1), y.reshape(-1)
@@ -150,7 +169,7 @@ def test_every_stateless_family_has_a_bound() -> None:
     for spec in STATELESS:
         codec = parse_codec(spec)
         inner = codec.values if isinstance(codec, SparseCodec) else codec
-        assert inner is None or isinstance(inner, (CastCodec, IntQuantCodec, RawCodec)), spec
+        assert inner is None or isinstance(inner, (CastCodec, IntQuantCodec, KLTCodec, RawCodec)), spec
 
 
 @pytest.mark.parametrize("spec", STATELESS)
@@ -166,7 +185,13 @@ def test_round_trip_shape_dtype_bound_and_size(spec: str, x: torch.Tensor, seed:
     _assert_within_bound(codec, x, enc, y)
     if isinstance(codec, RawCodec):  # its size depends on the dtype
         assert enc.nbytes == codec.payload_nbytes(x.numel(), x.dtype)
-    elif not (isinstance(codec, SparseCodec) and codec.data_dependent):
+    elif isinstance(codec, KLTCodec):  # data-dependent: a transform payload within the budget, else the fallback
+        if int(enc.payload[0]) == 1:
+            assert enc.nbytes <= codec.payload_nbytes(x.numel())
+        else:
+            inner = IntQuantCodec(int(enc.payload[1]), rht=True)
+            assert enc.nbytes == 4 + inner.payload_nbytes(x.numel())
+    elif not codec.data_dependent:  # atopk's nominal size is at its nominal k, which the data may exceed
         assert enc.nbytes == codec.payload_nbytes(x.numel())
     out = torch.empty(tuple(x.shape), dtype=x.dtype)
     assert torch.equal(codec.decode(enc, out=out), y)
