@@ -33,7 +33,7 @@ from layeredge_dist.codecs import Codec, CodecError, parse_codec
 
 DEFAULT_CODECS = (
     "fp16", "bf16", "fp8e4m3", "fp8e5m2", "int8", "int4", "int3", "int2", "int4/rht", "int2/rht", "int8/sr",
-    "topk:0.01", "atopk:0.01", "randk:0.01", "topk:0.05+int8", "atopk:0.05+int4",
+    "topk:0.01", "atopk:0.01", "randk:0.01", "topk:0.05+int8", "atopk:0.05+int4", "klt:3", "klt:2",
 )
 
 
@@ -82,7 +82,7 @@ def topk_recall(x: torch.Tensor, decoded: torch.Tensor, ratio: float) -> float:
 
 
 def bench_codec(codec: Codec, x: torch.Tensor, data: str, reps: int) -> CodecResult:
-    """Measure one codec on ``x`` (flat fp32)."""
+    """Measure one codec on ``x`` (fp32, flat or rows of features)."""
     gbytes = x.numel() * x.element_size() / 1e9
     try:
         buf = torch.empty(codec.payload_nbytes(x.numel()), dtype=torch.uint8, device=x.device)
@@ -220,12 +220,12 @@ def run(args: argparse.Namespace) -> int:
         _log(f"preparing {d} data ({numel * 4 / 1e6:.1f} MB fp32)...")
         if d == "normal":
             data[d], sources[d] = normal_data(numel, args.device), "N(0,1), seed 0"
-        else:
+        else:  # one token per row, as activations cross a cut; only shape-aware codecs (klt) look at the rows
             acts = real_activations(numel, args.device)
-            data[d], sources[d] = acts.values, acts.source
+            data[d], sources[d] = acts.values.view(-1, acts.width), f"{acts.source}, rows of {acts.width}"
 
     baselines: dict = {}
-    x0 = next(iter(data.values()))
+    x0 = next(iter(data.values())).reshape(-1)  # the baselines work on flat tensors
     baselines["memcpy_gbps"] = memcpy_gbps(x0, args.reps)
     if not args.no_baselines:
         _log("baselines: eager torch int8, bitsandbytes int8, torch.topk ...")

@@ -24,10 +24,12 @@ _TEXT_MODULES = (
 
 @dataclass(frozen=True)
 class Activations:
-    """A flat fp32 tensor of hidden states and where it came from."""
+    """A flat fp32 tensor of hidden states, where it came from, and the model's hidden size: ``values`` holds
+    whole rows of ``width`` features (``values.view(-1, width)`` is one token per row)."""
 
     values: torch.Tensor  # (numel,)
     source: str
+    width: int
 
 
 def normal_data(numel: int, device: str, seed: int = 0) -> torch.Tensor:
@@ -90,17 +92,20 @@ def _fallback_hidden_states(texts: list[str], max_tokens: int) -> torch.Tensor:
 
 
 def real_activations(numel: int, device: str, max_tokens: int = 4096) -> Activations:
-    """``numel`` fp32 hidden-state values of a transformer on real text, tiled to size, on ``device``.
+    """About ``numel`` fp32 hidden-state values of a transformer on real text, tiled to size, on ``device``:
+    ``numel`` rounded down to whole rows of the hidden size (at least one row).
 
     At most ``max_tokens`` tokens are run through the model (seconds on 2 cores); the result is repeated to
-    reach ``numel`` so large benchmark tensors keep real value statistics.
+    reach the size so large benchmark tensors keep real value statistics.
     """
     texts = real_text()
     h = _minilm_hidden_states(texts, max_tokens)
-    source = "all-MiniLM-L6-v2 hidden states (layers 1-6) on stdlib docstrings"
+    source, width = "all-MiniLM-L6-v2 hidden states (layers 1-6) on stdlib docstrings", 384
     if h is None:
         h = _fallback_hidden_states(texts, max_tokens)
         source = "fixed-seed 4-layer byte transformer hidden states on stdlib docstrings (install [hf] for MiniLM)"
+        width = 256
+    numel = max(width, numel - numel % width)
     reps = -(-numel // h.numel())
     flat = h.float().repeat(reps)[:numel].contiguous()
-    return Activations(flat.to(device), source)
+    return Activations(flat.to(device), source, width)

@@ -62,6 +62,9 @@ _SPARSE_FAMILY: Mapping[str, tuple[tuple[float, float], tuple[float, float]]] = 
 }
 #: A Hadamard rotation runs at ~1 GB/s on these CPUs whatever the bit width.
 _RHT_SPEED = (0.9e9, 0.9e9)
+#: ``klt:B`` on activations of 64-128 features (65-131 K elements, 1 thread, these CPUs): a covariance, a small
+#: eigendecomposition and a projection per tensor; ``layeredge bench e2e`` measures it on the model's own shape.
+_KLT_SPEED = (0.05e9, 0.25e9)
 #: Stochastic rounding: encode dominated by drawing noise with torch's CPU RNG.
 _SR_ENCODE = 0.8e9
 #: Memory passes a stateful wrapper adds (at memcpy speed): error feedback adds x + residual and the residual
@@ -107,6 +110,8 @@ def _term_speeds(term: Term) -> tuple[float, float]:
         enc, dec = DEFAULT_SPEEDS[base]
     elif term.name.startswith("int"):
         enc, dec = DEFAULT_SPEEDS["int4"]
+    elif term.name == "klt":
+        enc, dec = _KLT_SPEED
     else:
         enc, dec = (1e9, 1e9)  # an unmeasured family: a conservative guess
     if "rht" in opts:
