@@ -80,6 +80,8 @@ class Measurement:
             ``trial``).
         trial: the :class:`~layeredge_dist.measure.trial.TrialResult` when the scores were calibrated by
             training (``trial_steps > 0``), else None.
+        edge_width: the last dimension of the first boundary's activation (the features of a row, e.g.
+            ``d_model``), for :func:`measure_speeds`; None when that activation has fewer than 2 dims.
     """
 
     profile: ModelProfile
@@ -88,6 +90,7 @@ class Measurement:
     exact_loss: float | None
     seconds: dict[str, float]
     trial: Any = None
+    edge_width: int | None = None
 
 
 def block_partitions(cfg: RunConfig) -> tuple[Any, tuple[int, ...], list[Partition]]:
@@ -343,6 +346,9 @@ def _measure(cfg: RunConfig, calib_batches: int, calib_steps: int, lossy: list[s
     x_mb, side_mb = xs[0], sides[0]
     t0 = time.perf_counter()
     fwd, bwd, elements = time_blocks(parts, x_mb, side_mb, 1.0 / m, reps)
+    with torch.no_grad():
+        first = parts[0](x_mb, side_mb)  # the activation crossing the first boundary
+    width = int(first.shape[-1]) if first.dim() >= 2 else None
     opt_s = time_optimizer(parts, cfg, reps) if optimizer else [0.0] * len(parts)
     seconds["timing"] = time.perf_counter() - t0
 
@@ -378,7 +384,7 @@ def _measure(cfg: RunConfig, calib_batches: int, calib_steps: int, lossy: list[s
     profile = ModelProfile(blocks, tuple(elements), None, sens, prox, micro_batches=m,
                            tokens_per_micro_batch=tokens or None, name=_name(cfg))
     seconds["total"] = time.perf_counter() - t_start
-    return Measurement(profile, tuple(opt_s), tuple(losses), exact_loss, seconds)
+    return Measurement(profile, tuple(opt_s), tuple(losses), exact_loss, seconds, edge_width=width)
 
 
 def _name(cfg: RunConfig) -> str:
@@ -395,19 +401,27 @@ def measure_profile(cfg: RunConfig, calib_batches: int = 2, calib_steps: int = 2
 
 
 def measure_speeds(specs: Sequence[str], numel: int, reps: int = 5, threads: int | None = 1,
-                   seed: int = 0) -> dict[str, tuple[float, float]]:
+                   seed: int = 0, width: int | None = None) -> dict[str, tuple[float, float]]:
     """``spec -> (encode_Bps, decode_Bps)`` of fp32 input, measured here on a ``numel``-element Gaussian tensor
     (median of ``reps`` after one warm-up, ``threads`` torch threads), for :func:`layeredge_dist.plan.predict`'s
     ``speeds``. fp32 / raw are timed as the copy they are; error feedback (``ef(...)``) is timed with its state as
     the stage runtime drives it (a fresh tensor each repetition); ``delta(...)`` is left out (its cost depends on
-    the reference it keeps; the built-in estimate applies)."""
+    the reference it keeps; the built-in estimate applies).
+
+    With ``width`` (the features per row of the edge's tensors) dividing ``numel``, the tensor is shaped
+    ``(numel / width, width)`` with correlated features (:func:`correlated_rows`), as activations are, so that a
+    shape-aware codec (``klt:B``) is timed on its transform path rather than its fallback.
+    """
     from layeredge_dist.codecs import Codec, parse_any
     from layeredge_dist.codecs.stateful import ErrorFeedback
 
     if numel < 1:
         raise ValueError(f"numel must be >= 1, got {numel}")
     g = torch.Generator().manual_seed(seed)
-    xs = [torch.randn(numel, generator=g) for _ in range(2)]  # (numel,) each; alternate so EF sees new input
+    if width is not None and width >= 1 and numel % width == 0 and numel // width >= 2:
+        xs = [correlated_rows(numel // width, width, g) for _ in range(2)]  # (rows, width) each
+    else:
+        xs = [torch.randn(numel, generator=g) for _ in range(2)]  # (numel,) each; alternate so EF sees new input
     out: dict[str, tuple[float, float]] = {}
     with torch_threads(threads):
         for spec in dict.fromkeys(canonical_spec(s) for s in specs):
@@ -437,6 +451,14 @@ def measure_speeds(specs: Sequence[str], numel: int, reps: int = 5, threads: int
             nbytes = numel * 4
             out[spec] = (nbytes / max(statistics.median(enc_t), 1e-9), nbytes / max(statistics.median(dec_t), 1e-9))
     return out
+
+
+def correlated_rows(rows: int, width: int, generator: torch.Generator, decay: float = 0.85) -> torch.Tensor:
+    """(rows, width) fp32 Gaussian rows whose covariance has eigenvalues ``decay**i`` in a random orthonormal basis,
+    plus a common offset: a stand-in for activations (whose spectra decay, see :mod:`layeredge_dist.codecs.klt`)."""
+    basis, _ = torch.linalg.qr(torch.randn(width, width, generator=generator))  # (width, width) orthonormal
+    std = decay ** (torch.arange(width, dtype=torch.float32) / 2)  # (width,)
+    return (torch.randn(rows, width, generator=generator) * std) @ basis.T + torch.randn(width, generator=generator)
 
 
 # ---- hypothetical models ----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from layeredge_dist.cli.main import main
 from layeredge_dist.config import RunConfig, with_overrides
@@ -213,3 +214,17 @@ def test_measure_speeds_times_error_feedback() -> None:
         assert enc > 0 and dec > 0
     with pytest.raises(ValueError):
         measure_speeds(["int8"], 0)
+
+
+def test_measure_speeds_times_klt_on_its_transform_path() -> None:
+    """With the edge's feature width, the timing input has correlated rows, so klt runs its transform (a flat
+    Gaussian tensor would time its int/rht fallback instead)."""
+    from layeredge_dist.codecs import parse_codec
+    from layeredge_dist.pipeline.planning import correlated_rows, measure_speeds
+
+    rows = correlated_rows(512, 64, torch.Generator().manual_seed(0))
+    klt = parse_codec("klt:2")
+    assert rows.shape == (512, 64) and int(klt.encode(rows).payload[0]) == 1  # transform mode
+    assert int(klt.encode(rows.reshape(-1)).payload[0]) == 2  # flat: the fallback
+    got = measure_speeds(["klt:2", "ef(klt:2)"], 512 * 64, reps=1, width=64)
+    assert set(got) == {"klt:2", "ef(klt:2)"} and all(e > 0 and d > 0 for e, d in got.values())
