@@ -70,11 +70,17 @@ from typing import Any
 DEMO = ("data.batch_size=8", "data.context=128", "pipeline.microbatches=4", "pipeline.stages=3",
         "pipeline.schedule=1f1b", "train.checkpoint_every=0", "train.resume=false")
 CONFIGS = ("fp32", "bf16", "plan", "strong")
-#: The planner's forward and backward candidates: gradients below 8 bits get error feedback (in-process 150-step
-#: runs of the demo: int4/rht backward without it trained to 3.125 nats, with it to 3.008, fp32 2.923; int2 both
-#: ways without it stalled the pipeline runs at ~3.2-3.3).
-DEFAULT_CANDIDATES = ("bf16", "int8", "int4/rht", "int3/rht", "int2/rht")
-DEFAULT_BACKWARD = ("bf16", "int8", "ef(int8)", "ef(int4/rht)", "ef(int2/rht)")
+#: The planner's forward and backward candidates, chosen by training from scratch with the codecs at every cut
+#: (examples/codec_convergence.py on the network-bound shape, 600 steps, 4 seeds; docs/benchmarks.md). Forward:
+#: ``klt:B`` (transform coding) is the low-bit option that trains like fp32 (klt:2 forward with int4/rht/sr
+#: backward: mean final loss 1.5 % below fp32's), with 100-6000x less squared error than ``int2/rht`` on the cuts'
+#: activations; ``int2/rht`` forward with ef(int2/rht) backward ended 55 % above fp32 on average and ``int3/rht``
+#: 9 % at 200 steps, so neither is offered (their 60-step trial gaps were within the budget: trials from step 20
+#: miss how much a codec delays the escape from the early plateau). Backward: 4 bits with unbiased rounding or error
+#: feedback train like fp32; deterministic low-bit gradients without either (``klt:3``) are biased and trained 4-8 %
+#: worse at 200 steps.
+DEFAULT_CANDIDATES = ("bf16", "int8", "int4/rht", "klt:3", "klt:2")
+DEFAULT_BACKWARD = ("bf16", "int8", "ef(int8)", "ef(int4/rht)", "int4/rht/sr")
 WARMUP_STEPS = 3
 
 
@@ -306,8 +312,9 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
                 f"{d} " + ", ".join(f"{c} {meas.trial.gap(d, c):+.4f}" for c in per)
                 for d, per in meas.trial.losses.items()))
         used = sorted({"fp32", "bf16", settings.strong_forward, settings.strong_backward, *_all_candidates(settings)})
-        speeds = planning.measure_speeds(used, max(meas.profile.elements))
+        speeds = planning.measure_speeds(used, max(meas.profile.elements), width=meas.edge_width)
         out["codec_speeds_Bps"] = {k: list(v) for k, v in speeds.items()}
+        out["edge_width"] = meas.edge_width
         out["host_cores"] = _cores()  # the testbed's hosts share this machine's cores
     with testbed_job.testbed_with_ray(settings.hosts, settings.rates[0], max(1.0, cfg.cluster.cpus_per_stage),
                                       settings.start_timeout_s, log) as (tb, nodes, out["testbed"]):
@@ -320,7 +327,7 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
                 "overrides": list(DEMO) + list(settings.overrides) + list(TESTBED_OVERRIDES)
                 + [f"cluster.address={nodes.address}", f"run_dir={tb.work_dir}/run"],
                 "profile": profile, "opt_s": out["profile"]["opt_s"] if profile is not None else None,
-                "speeds": out.get("codec_speeds_Bps"),
+                "speeds": out.get("codec_speeds_Bps"), "edge_width": out.get("edge_width"),
                 "out": os.path.join(tb.work_dir, f"e2e-{tb.rate}.json"),
             }
             res = _run_driver(nodes, job, settings.run_timeout_s, progress)
@@ -626,7 +633,7 @@ def _add_predictions(runs: list[dict[str, Any]], cfg: Any, job: dict[str, Any], 
     speeds = dict(job.get("speeds") or {})
     missing = [u for u in used if u not in speeds]
     if missing:
-        speeds.update(planning.measure_speeds(missing, max(profile.elements)))
+        speeds.update(planning.measure_speeds(missing, max(profile.elements), width=job.get("edge_width")))
     for r in runs:
         c = configs[r["config"]]
         r["prediction"] = predict_config(c, profile, job["opt_s"], cluster, speeds, r["stage_medians"],
