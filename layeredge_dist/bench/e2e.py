@@ -73,7 +73,7 @@ CONFIGS = ("fp32", "bf16", "plan", "strong")
 #: The planner's forward and backward candidates, chosen by training from scratch with the codecs at every cut
 #: (examples/codec_convergence.py on the network-bound shape, 600 steps, 4 seeds; docs/benchmarks.md). Forward:
 #: ``klt:B`` (transform coding) is the low-bit option that trains like fp32 (klt:2 forward with int4/rht/sr
-#: backward: mean final loss 1.5 % below fp32's), with 100-6000x less squared error than ``int2/rht`` on the cuts'
+#: backward: mean final loss 1.5 % below fp32's), with 400-9000x less squared error than ``int2/rht`` on the cuts'
 #: activations; ``int2/rht`` forward with ef(int2/rht) backward ended 55 % above fp32 on average and ``int3/rht``
 #: 9 % at 200 steps, so neither is offered (their 60-step trial gaps were within the budget: trials from step 20
 #: miss how much a codec delays the escape from the early plateau). Backward: 4 bits with unbiased rounding or error
