@@ -45,7 +45,7 @@ import torch
 from .base import Codec, CodecError, Encoded
 from .packing import bitstream_nbytes, pack_bitstream, unpack_bitstream
 from .quant import IntQuantCodec
-from .spec import Term, format_ratio
+from .spec import Term, format_ratio, number_arg
 
 #: Widest feature dimension coded by the transform (a d x d eigendecomposition per call); wider -> fallback.
 MAX_DIM = 1024
@@ -90,15 +90,7 @@ class KLTCodec(Codec):
     @classmethod
     def from_term(cls, term: Term) -> KLTCodec:
         """Build from a parsed term such as ``klt:3`` or ``klt:2.5``; CodecError names the bad part."""
-        if term.arg is None:
-            raise CodecError(f"klt needs its bits per element, e.g. 'klt:3', got {str(term)!r}")
-        if term.options:
-            raise CodecError(f"codec spec {str(term)!r}: klt takes no options, got {'/'.join(term.options)!r}")
-        try:
-            bits = float(term.arg)
-        except ValueError:
-            raise CodecError(f"codec spec {str(term)!r}: bits {term.arg!r} is not a number") from None
-        return cls(bits)
+        return cls(number_arg(term, "the bits per element", "klt:3", "transform codecs"))
 
     @property
     def bits(self) -> float:

@@ -144,14 +144,18 @@ def pack_flat(codes: torch.Tensor, bits: int, out: torch.Tensor | None = None) -
     return out
 
 
-def unpack_flat(packed: torch.Tensor, n: int, bits: int) -> torch.Tensor:
-    """Unpack the first ``n`` codes of a sequentially packed 1-D stream; CodecError unless its length is exact."""
-    expected = packed_nbytes(n, bits)
+def _check_stream(packed: torch.Tensor, expected: int, caller: str, n: int, bits: int) -> None:
+    """CodecError unless ``packed`` is a 1-D uint8 tensor of exactly ``expected`` bytes."""
     if packed.dim() != 1 or packed.dtype != torch.uint8 or packed.numel() != expected:
         raise CodecError(
-            f"unpack_flat: expected 1-D uint8 of {expected} B for {n} {bits}-bit codes, "
+            f"{caller}: expected 1-D uint8 of {expected} B for {n} {bits}-bit codes, "
             f"got {packed.dtype} {tuple(packed.shape)}"
         )
+
+
+def unpack_flat(packed: torch.Tensor, n: int, bits: int) -> torch.Tensor:
+    """Unpack the first ``n`` codes of a sequentially packed 1-D stream; CodecError unless its length is exact."""
+    _check_stream(packed, packed_nbytes(n, bits), "unpack_flat", n, bits)
     bpu = _BYTES_PER_UNIT[bits]
     return unpack_units(packed.view(-1, bpu, 1), bits).reshape(-1)[:n]  # (units, cpu, 1) -> (n,)
 
@@ -191,11 +195,7 @@ def pack_bitstream(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack_bitstream(packed: torch.Tensor, n: int, bits: int) -> torch.Tensor:
     """Inverse of :func:`pack_bitstream`: the first ``n`` codes as 1-D uint8; CodecError unless the length is exact."""
     expected = bitstream_nbytes(n, bits)
-    if packed.dim() != 1 or packed.dtype != torch.uint8 or packed.numel() != expected:
-        raise CodecError(
-            f"unpack_bitstream: expected 1-D uint8 of {expected} B for {n} {bits}-bit codes, "
-            f"got {packed.dtype} {tuple(packed.shape)}"
-        )
+    _check_stream(packed, expected, "unpack_bitstream", n, bits)
     units = -(-n // 8)
     full = torch.zeros(units * bits, dtype=torch.int64, device=packed.device)
     full[:expected] = packed

@@ -35,7 +35,7 @@ import torch
 
 from . import elias_fano
 from .base import SUPPORTED_DTYPES, Codec, CodecError, Encoded
-from .spec import Term, format_ratio
+from .spec import Term, format_ratio, number_arg
 
 HEADER_NBYTES = 8
 #: Without a value codec, kept values travel as little-endian fp32 (lossless for fp32/fp16/bf16 inputs), so
@@ -91,14 +91,7 @@ class SparseCodec(Codec):
         """Build from a parsed spec term like ``topk:0.05``; raises CodecError for a bad ratio or any option."""
         if term.name not in cls.NAMES:
             raise CodecError(f"unknown sparsifier {term.name!r}; expected one of {', '.join(cls.NAMES)}")
-        if term.arg is None:
-            raise CodecError(f"{term}: a keep ratio is required, e.g. '{term.name}:0.05'")
-        if term.options:
-            raise CodecError(f"{term}: sparsifiers take no options, got /{'/'.join(term.options)}")
-        try:
-            ratio = float(term.arg)
-        except ValueError:
-            raise CodecError(f"{term}: ratio {term.arg!r} is not a number") from None
+        ratio = number_arg(term, "a keep ratio", f"{term.name}:0.05", "sparsifiers")
         return cls(term.name, ratio, values)
 
     # ---- properties -----------------------------------------------------------------------------

@@ -84,3 +84,19 @@ def parse_spec(text: str) -> SpecNode:
 def format_ratio(r: float) -> str:
     """Shortest decimal that round-trips ``r`` (e.g. 0.050 -> '0.05'); the canonical form of a ratio arg."""
     return repr(float(r))
+
+
+def number_arg(term: Term, what: str, example: str, family: str) -> float:
+    """The required numeric ``:arg`` of a term that takes no options (``topk:0.05``, ``klt:3``).
+
+    CodecError naming the term when the arg is missing (``what`` is required, e.g. ``example``), an option is given
+    (``family`` take no options) or the arg is not a number.
+    """
+    if term.arg is None:
+        raise CodecError(f"{term}: {what} is required, e.g. '{example}'")
+    if term.options:
+        raise CodecError(f"{term}: {family} take no options, got /{'/'.join(term.options)}")
+    try:
+        return float(term.arg)
+    except ValueError:
+        raise CodecError(f"{term}: {what} {term.arg!r} is not a number") from None

@@ -118,7 +118,7 @@ def test_spec_is_canonical(text: str, canonical: str) -> None:
     assert codec.spec == canonical and parse_codec(codec.spec) == codec
 
 
-@pytest.mark.parametrize(("text", "words"), [("klt", "needs its bits"), ("klt:0.5", "[1, 32]"),
+@pytest.mark.parametrize(("text", "words"), [("klt", "the bits per element is required"), ("klt:0.5", "[1, 32]"),
                                              ("klt:40", "[1, 32]"), ("klt:3/rht", "no options")])
 def test_bad_specs_say_why(text: str, words: str) -> None:
     with pytest.raises(CodecError, match=words.replace("[", r"\[").replace("]", r"\]")):
