@@ -169,8 +169,9 @@ class KLTCodec(Codec):
         head = torch.tensor([_FALLBACK, b, 0, 0], dtype=torch.uint8, device=xf.device)
         return torch.cat((head, inner.payload))
 
-    def _allocate(self, lam: torch.Tensor, n_rows: int, avail_bits: float) -> torch.Tensor:
-        """Widths (d,) int64 in 0..8 minimizing sum(lam * D(w)) with total cost <= avail_bits.
+    def _allocate(self, lam: torch.Tensor, n_rows: int, avail_bits: float) -> tuple[torch.Tensor, float]:
+        """Widths (d,) int64 in 0..8 minimizing sum(lam * D(w)) with total cost <= avail_bits, and that predicted
+        squared error per row (sum(lam * D(w))).
 
         Lagrangian relaxation: for a multiplier ``theta`` each component takes the width minimizing
         ``lam * D(w) + theta * cost(w)``; the total cost falls as ``theta`` grows. The smallest feasible ``theta`` is
@@ -182,19 +183,21 @@ class KLTCodec(Codec):
         cost = torch.where(w > 0, n_rows * w + 8.0 * (d + 8), torch.zeros_like(w))  # (9,) bits
         dist = lam.double().unsqueeze(1) * torch.tensor(GAUSS_DISTORTION, dtype=torch.float64, device=dev)  # (d, 9)
         top = float(lam.max()) if d else 0.0
-        if top <= 0.0 or avail_bits < float(cost[1]):
-            return torch.zeros(d, dtype=torch.int64, device=dev)
-        lo, hi = math.log(top * 1e-14), math.log(top)  # at theta = top no bit pays for its cost (cost >= 1)
-        for _ in range(2):
-            thetas = torch.linspace(lo, hi, 65, dtype=torch.float64, device=dev).exp()  # (T,)
-            widths = torch.argmin(dist + thetas.view(-1, 1, 1) * cost, dim=2)  # (T, d)
-            feasible = (cost[widths].sum(dim=1) <= avail_bits).nonzero().flatten()  # totals fall with theta
-            first = int(feasible[0])  # the last grid point (theta = top) is always feasible
-            if first == 0:
-                return widths[0]
-            step = (hi - lo) / 64
-            lo, hi = lo + (first - 1) * step, lo + first * step
-        return widths[first]
+        chosen = torch.zeros(d, dtype=torch.int64, device=dev)
+        if top > 0.0 and avail_bits >= float(cost[1]):
+            lo, hi = math.log(top * 1e-14), math.log(top)  # at theta = top no bit pays for its cost (cost >= 1)
+            for _ in range(2):
+                thetas = torch.linspace(lo, hi, 65, dtype=torch.float64, device=dev).exp()  # (T,)
+                widths = torch.argmin(dist + thetas.view(-1, 1, 1) * cost, dim=2)  # (T, d)
+                feasible = (cost[widths].sum(dim=1) <= avail_bits).nonzero().flatten()  # totals fall with theta
+                first = int(feasible[0])  # the last grid point (theta = top) is always feasible
+                chosen = widths[first]
+                if first == 0:
+                    break
+                step = (hi - lo) / 64
+                lo, hi = lo + (first - 1) * step, lo + first * step
+        predicted = float(dist.gather(1, chosen.unsqueeze(1)).sum())
+        return chosen, predicted
 
     def _encode_klt(self, xf: torch.Tensor) -> torch.Tensor | None:
         """The KLT payload, or None when the fallback is predicted to be more accurate."""
@@ -210,10 +213,8 @@ class KLTCodec(Codec):
         avail_bits = 8 * self._budget_nbytes(xf.numel()) - 8 * (_HEADER + 4 * d + d) - _PAD_RESERVE_BITS
         if avail_bits < 0:
             return None  # not even the mean fits
-        widths = self._allocate(lam, n, avail_bits)
+        widths, predicted = self._allocate(lam, n, avail_bits)
         energy = float(lam.sum()) + float(mu.double().pow(2).sum())  # mean squared norm of a row
-        predicted = float((lam * torch.tensor(GAUSS_DISTORTION, dtype=torch.float64,
-                                              device=lam.device)[widths]).sum())
         fallback_error = FALLBACK_REL_ERROR[self._fallback_bits(xf.numel())]
         if predicted > fallback_error * energy:
             return None
