@@ -109,7 +109,8 @@ def main() -> None:
                    help="forward and backward codec, e.g. 'int4/rht|ef(int8)'; repeat for more pairs")
     args = p.parse_args()
     torch.set_num_threads(1)
-    cfg = with_overrides(RunConfig(), list(DEMO) + args.overrides)
+    # train.steps first: a cosine lr schedule (--set train.lr_schedule=cosine) decays over the pairs' steps
+    cfg = with_overrides(RunConfig(), [*DEMO, f"train.steps={args.steps}", *args.overrides])
     for pair in args.pair:
         fwd, _, bwd = pair.partition("|")
         t0 = time.perf_counter()

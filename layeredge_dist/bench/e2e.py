@@ -34,6 +34,11 @@ row predicted by a host model fitted on all the other rows (leave-one-out). Pred
 the ``tc tbf`` bucket (a message the bucket covers leaves at line speed).
 Codec speeds for the planner and the simulator are measured in-process on the real tensor size next to the profile.
 
+Every configuration trains with the same recipe: AdamW at ``train.lr`` with a linear warm-up over ``--warmup-steps``
+(default a tenth of ``--steps``) and a cosine decay to ``train.final_lr_frac`` of the rate at the last step
+(``--lr-schedule``). Without the warm-up the demo's tiny batches leave an early unigram plateau at a step that any
+perturbation moves, which made time to target a lottery (docs/benchmarks.md).
+
 Time to target: the target validation loss is ``--target-loss`` if given, else the loss the fp32 run of the same
 rate reaches at its first evaluation at or after ``--target-frac`` (default 0.6) of the steps. A configuration's
 ``time_to_target_s`` is its cumulative training time (the sum of its step times; evaluation excluded) up to its
@@ -112,6 +117,8 @@ class E2ESettings:
     run_timeout_s: float = 3600.0
     bandwidth_seconds: float = 1.5
     host_calib_steps: int = 15
+    lr_schedule: str = "cosine"
+    warmup_steps: int | None = None
 
     def __post_init__(self) -> None:
         bad = [c for c in self.configs if c not in CONFIGS]
@@ -125,6 +132,8 @@ class E2ESettings:
             raise ValueError("need at least one rate")
         if self.trial_steps < 0 or self.trial_batches < 1:
             raise ValueError("need trial_steps >= 0 and trial_batches >= 1")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(f"warmup_steps must be in [0, steps = {self.steps}], got {self.warmup_steps}")
         if self.host_calib_steps < 0 or 0 < self.host_calib_steps <= WARMUP_STEPS:
             raise ValueError(f"host_calib_steps must be 0 (off) or > {WARMUP_STEPS}, got {self.host_calib_steps}")
 
@@ -175,6 +184,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"rates, "
                    f"which fit the simulator's host model: shared cores, per-message and per-step overhead, compute "
                    f"scale (default {d.host_calib_steps}; 0 = no calibration, plain predictions only)")
+    p.add_argument("--lr-schedule", default=d.lr_schedule, choices=("constant", "cosine"),
+                   help=f"learning rate after the warm-up, the same for every configuration (default {d.lr_schedule}: "
+                   "from train.lr down to train.final_lr_frac of it at the last step)")
+    p.add_argument("--warmup-steps", type=int, default=None, metavar="N",
+                   help="linear learning-rate warm-up steps (default: a tenth of --steps; 0 = none)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a run config field (see layeredge train --help), e.g. model.config.n_layer=3")
     p.add_argument("--plot", metavar="PATH", default=None, help="also write a PNG: loss vs time, bytes per edge")
@@ -202,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
             strong_forward=args.strong_forward, strong_backward=args.strong_backward,
             calib_steps=args.calib_steps, calib_batches=args.calib_batches, hosts=args.hosts,
             trial_steps=args.trial_steps, trial_batches=args.trial_batches,
-            host_calib_steps=args.host_calib_steps, overrides=tuple(args.overrides))
+            host_calib_steps=args.host_calib_steps, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
+            overrides=tuple(args.overrides))
         _base_config(settings)
         from layeredge_dist.testbed import parse_rate
 
@@ -266,11 +281,20 @@ class E2EError(RuntimeError):
     """A driver run on the testbed failed; the message carries its last output."""
 
 
+def run_overrides(settings: E2ESettings) -> list[str]:
+    """The run-config overrides every configuration trains with: :data:`DEMO`, the training recipe (``--steps``
+    as ``train.steps``, so a cosine schedule ends at the last step; the warm-up), then ``settings.overrides``."""
+    warmup = settings.steps // 10 if settings.warmup_steps is None else settings.warmup_steps
+    recipe = [f"train.steps={settings.steps}", f"train.lr_schedule={settings.lr_schedule}",
+              f"train.warmup_steps={warmup}"]
+    return [*DEMO, *recipe, *settings.overrides]
+
+
 def _base_config(settings: E2ESettings) -> Any:
     from layeredge_dist.config import ConfigError, RunConfig, with_overrides
 
     try:
-        return with_overrides(RunConfig(), list(DEMO) + list(settings.overrides))
+        return with_overrides(RunConfig(), run_overrides(settings))
     except ConfigError as err:
         raise ValueError(f"config error: {err}") from err
 
@@ -324,7 +348,7 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
             log(f"[{tb.rate}] plain TCP host 0 -> host 1: {bw.mbit_per_s:.1f} Mbit/s")
             job = {
                 "address": nodes.address, "rate": tb.rate, "settings": asdict(settings),
-                "overrides": list(DEMO) + list(settings.overrides) + list(TESTBED_OVERRIDES)
+                "overrides": run_overrides(settings) + list(TESTBED_OVERRIDES)
                 + [f"cluster.address={nodes.address}", f"run_dir={tb.work_dir}/run"],
                 "profile": profile, "opt_s": out["profile"]["opt_s"] if profile is not None else None,
                 "speeds": out.get("codec_speeds_Bps"), "edge_width": out.get("edge_width"),
@@ -378,7 +402,7 @@ def _calibrate_host(tb: Any, nodes: Any, settings: E2ESettings, cfg: Any, out: d
         tb.set_rate(rate)
         log(f"[host calibration] fp32 and strong, {n} steps each at {tb.rate} ...")
         job = {"address": nodes.address, "rate": tb.rate, "settings": asdict(cal),
-               "overrides": list(DEMO) + list(settings.overrides) + list(TESTBED_OVERRIDES)
+               "overrides": run_overrides(settings) + list(TESTBED_OVERRIDES)
                + [f"cluster.address={nodes.address}", f"run_dir={tb.work_dir}/run-calibration"],
                "profile": None, "opt_s": None, "speeds": None,
                "out": os.path.join(tb.work_dir, f"e2e-host-calibration-{tb.rate}.json")}

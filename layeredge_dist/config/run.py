@@ -23,6 +23,7 @@ from .errors import ConfigError
 
 SCHEDULES: tuple[str, ...] = ("gpipe", "1f1b", "interleaved")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 PLACEMENTS: tuple[str, ...] = ("auto", "strict_spread", "spread", "pack")
 DATA_PATHS: tuple[str, ...] = ("tcp", "grpc")
 EDGE_DIRECTIONS: tuple[str, ...] = ("forward", "backward")
@@ -260,7 +261,18 @@ class TrainConfig(_Section):
 
     steps: int = field(default=200, metadata={"help": "optimizer steps to run in total; integer >= 1"})
     optimizer: str = field(default="adamw", metadata={"help": "optimizer: sgd | adamw"})
-    lr: float = field(default=3e-3, metadata={"help": "learning rate; number > 0"})
+    lr: float = field(default=3e-3, metadata={"help": "learning rate (the peak, with a schedule); number > 0"})
+    lr_schedule: str = field(
+        default="constant",
+        metadata={"help": "learning rate after the warm-up: constant | cosine (from lr down to final_lr_frac * lr "
+                  "at train.steps)"},
+    )
+    warmup_steps: int = field(
+        default=0, metadata={"help": "linear learning-rate warm-up from lr / warmup_steps to lr; integer >= 0"}
+    )
+    final_lr_frac: float = field(
+        default=0.1, metadata={"help": "cosine schedule only: the last step's lr as a fraction of lr; in (0, 1]"}
+    )
     momentum: float = field(
         default=0.0, metadata={"help": "SGD momentum; number in [0, 1); must be 0 unless optimizer is sgd"}
     )
@@ -286,6 +298,10 @@ class TrainConfig(_Section):
         v.at_least(self._path("steps"), self.steps, 1)
         v.one_of(self._path("optimizer"), self.optimizer, OPTIMIZERS)
         v.greater(self._path("lr"), self.lr, 0.0)
+        v.one_of(self._path("lr_schedule"), self.lr_schedule, LR_SCHEDULES)
+        v.at_least(self._path("warmup_steps"), self.warmup_steps, 0)
+        if not 0.0 < self.final_lr_frac <= 1.0:
+            raise v.fail(self._path("final_lr_frac"), "a number in (0, 1]", self.final_lr_frac)
         if not 0.0 <= self.momentum < 1.0:
             raise v.fail(self._path("momentum"), "a number in [0, 1)", self.momentum)
         if self.momentum and self.optimizer != "sgd":

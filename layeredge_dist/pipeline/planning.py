@@ -29,6 +29,7 @@ Units: seconds, bytes, elements, bytes per second.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -312,8 +313,9 @@ def calibrate_by_trial(meas: Measurement, cfg: RunConfig, specs: Sequence[str] |
     log(f"trial calibration: {trial_steps} steps x {1 + sum(map(len, per_dir.values()))} runs on cuts "
         f"{list(run_cuts)} ...")
     t0 = time.perf_counter()
-    trial = trial_losses(parts, base.optimizer.build, steps, val, per_dir, boundaries=at, seed=cfg.model.seed,
-                         progress=log)
+    # every trial continues the schedule where the calibration training left it
+    trial = trial_losses(parts, functools.partial(base.optimizer.build, start_step=calib_steps), steps, val, per_dir,
+                         boundaries=at, seed=cfg.model.seed, progress=log)
     old = meas.profile.sensitivity
     new: dict[int, dict[str, dict[str, float]]] = {}
     for d, d_specs in per_dir.items():

@@ -43,6 +43,14 @@ def transport(cfg: RunConfig, token: str | None = None) -> TransportConfig:
                            tune_malloc=t.tune_malloc, allow_unauthenticated=t.allow_plaintext_token)
 
 
+def optimizer_spec(cfg: RunConfig, lr: float | None = None) -> OptimizerSpec:
+    """The optimizer and learning-rate schedule of ``cfg.train`` (cosine over ``train.steps``); ``lr`` overrides
+    the peak rate."""
+    t = cfg.train
+    return OptimizerSpec(t.optimizer, t.lr if lr is None else lr, t.momentum, t.weight_decay, schedule=t.lr_schedule,
+                         warmup_steps=t.warmup_steps, total_steps=t.steps, final_lr_frac=t.final_lr_frac)
+
+
 def stage_spec(cfg: RunConfig, token: str | None = None) -> StageSpec:
     """The spec every stage starts from (index 0; the driver sets each stage's index)."""
     model = model_spec(cfg)
@@ -51,7 +59,7 @@ def stage_spec(cfg: RunConfig, token: str | None = None) -> StageSpec:
         index=0, num_stages=cfg.pipeline.stages, model=model, cuts=cuts(cfg, model),
         schedule=cfg.pipeline.schedule, microbatches=cfg.pipeline.microbatches, chunks=cfg.pipeline.chunks,
         codecs=EdgeCodecs(plain["forward"], plain["backward"], plain["edges"]),
-        optimizer=OptimizerSpec(cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay),
+        optimizer=optimizer_spec(cfg),
         transport=transport(cfg, token), recv_timeout_s=cfg.transport.recv_timeout_s,
         device="auto" if cfg.cluster.gpus_per_stage > 0 else "cpu", metrics=cfg.metrics.port is not None,
         proxy_every=cfg.metrics.proxy_every, proxy_codecs=tuple(cfg.metrics.proxy_codecs),

@@ -120,6 +120,7 @@ class Stage:
                 self._ties = [(pre_key, spec.num_stages - 1) for _, pre_key in ties]
             elif spec.index == spec.num_stages - 1:
                 self._ties = [(post_key, 0) for post_key, _ in ties]
+        self.steps_done = 0  # optimizer steps taken (restored from checkpoints)
         self.optimizer = self._build_optimizer()
         self.metrics = Metrics() if spec.metrics else None
         self.exporter = start_exporter(self.metrics, bind, 0) if self.metrics is not None else None
@@ -132,7 +133,6 @@ class Stage:
         self._schedules: dict[str, Schedule] = {}
         self._last_virtual = spec.num_stages * spec.chunks - 1
         self.saved_bytes_peak = 0
-        self.steps_done = 0  # optimizer steps taken (restored from checkpoints)
         self._proxies: dict[EdgeId, ProxyAccumulator] = {}
         self.wired = False  # set by connect(): a restarted stage refuses calls until the driver rewires it
         self._pending_weights: tuple[int, list[dict[str, torch.Tensor]]] | None = None  # (push seq, per chunk)
@@ -140,7 +140,7 @@ class Stage:
     def _build_optimizer(self) -> torch.optim.Optimizer:
         """A fresh optimizer over every parameter of this stage's partitions."""
         params = [p for part in self.parts for p in part.parameters()]
-        return self.spec.optimizer.build(params) if params else _NoOptimizer()
+        return self.spec.optimizer.build(params, start_step=self.steps_done) if params else _NoOptimizer()
 
     # ---- wiring ---------------------------------------------------------------------------------------------
 
@@ -436,6 +436,8 @@ class Stage:
         self.optimizer.load_state_dict(state["optimizer"])
         self.endpoint.load_codec_state(state["codec_state"])
         self.steps_done = int(state["steps_done"])
+        if not isinstance(self.optimizer, _NoOptimizer):
+            self.spec.optimizer.seek(self.optimizer, self.steps_done)  # the lr schedule follows the step count
 
     # ---- weights pushed by the driver -----------------------------------------------------------------------
 

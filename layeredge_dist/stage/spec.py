@@ -38,16 +38,32 @@ HOST_CODEC = "raw"
 Mode = Literal["train", "grad", "eval", "infer"]
 TRAINING = ("train", "grad")
 OPTIMIZERS = ("sgd", "adamw")
+#: Learning-rate schedules after the warm-up (see :class:`OptimizerSpec`).
+LR_SCHEDULES = ("constant", "cosine")
+#: The param-group key that holds the number of optimizer steps taken (checkpointed with the optimizer).
+SCHEDULE_STEP = "schedule_step"
 
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """The optimizer every stage builds over its own parameters. ``lr`` in parameter units per step."""
+    """The optimizer every stage builds over its own parameters, and its learning-rate schedule.
+
+    ``lr`` is the peak learning rate (parameter units per step). The rate of optimizer step ``k`` (0-based) is
+    :meth:`lr_at` ``(k)``: a linear warm-up from ``lr / warmup_steps`` to ``lr`` over the first ``warmup_steps``
+    steps, then ``lr`` (``schedule="constant"``) or a cosine from ``lr`` down to ``final_lr_frac * lr`` at step
+    ``total_steps`` (``schedule="cosine"``; held there after). The rate is a pure function of the step count, which
+    the optimizer keeps in its param groups (so a checkpoint restores it; :meth:`seek` re-aligns it). ValueError
+    for a bad field.
+    """
 
     name: str = "adamw"
     lr: float = 3e-3
     momentum: float = 0.0
     weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    total_steps: int = 0
+    final_lr_frac: float = 0.1
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -56,12 +72,60 @@ class OptimizerSpec:
             raise ValueError(f"optimizer lr must be a positive finite number, got {self.lr}")
         if self.momentum < 0 or self.weight_decay < 0:
             raise ValueError(f"momentum and weight_decay must be >= 0, got {self.momentum}, {self.weight_decay}")
+        if self.schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, got {self.schedule!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.schedule == "cosine" and self.total_steps < 1:
+            raise ValueError(f"a cosine schedule needs total_steps >= 1, got {self.total_steps}")
+        if not 0.0 < self.final_lr_frac <= 1.0:
+            raise ValueError(f"final_lr_frac must be in (0, 1], got {self.final_lr_frac}")
 
-    def build(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        """A fresh optimizer over ``params``."""
+    @property
+    def scheduled(self) -> bool:
+        """Whether the rate changes with the step (a warm-up or a non-constant schedule)."""
+        return self.warmup_steps > 0 or self.schedule != "constant"
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimizer step ``step`` (0-based, the step about to be taken)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        f = self.final_lr_frac
+        return self.lr * (f + (1.0 - f) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    def build(self, params: list[torch.nn.Parameter], start_step: int = 0) -> torch.optim.Optimizer:
+        """A fresh optimizer over ``params`` whose next step is step ``start_step`` of the schedule."""
+        opt: torch.optim.Optimizer
         if self.name == "sgd":
-            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.scheduled:
+            self.seek(opt, start_step)
+            opt.register_step_pre_hook(self._before_step)
+            opt.register_step_post_hook(self._after_step)
+        return opt
+
+    def seek(self, opt: torch.optim.Optimizer, step: int) -> None:
+        """Make ``opt``'s next step step ``step`` of the schedule (e.g. after loading a checkpoint written
+        before the step count was kept). No-op for an unscheduled spec."""
+        if not self.scheduled:
+            return
+        for group in opt.param_groups:
+            group[SCHEDULE_STEP] = int(step)
+            group["lr"] = self.lr_at(int(step))
+
+    def _before_step(self, opt: torch.optim.Optimizer, _args: object, _kwargs: object) -> None:
+        for group in opt.param_groups:
+            group["lr"] = self.lr_at(group.setdefault(SCHEDULE_STEP, 0))
+
+    def _after_step(self, opt: torch.optim.Optimizer, _args: object, _kwargs: object) -> None:
+        for group in opt.param_groups:
+            group[SCHEDULE_STEP] = group.get(SCHEDULE_STEP, 0) + 1
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ def _leaf_paths(cls: type, prefix: str = "") -> list[str]:
 def test_describe_fields_covers_every_leaf_in_order() -> None:
     rows = describe_fields()
     assert [r[0] for r in rows] == _leaf_paths(RunConfig)
-    assert len(rows) == 58  # 2 top-level + 4+6+6+3+11+8+8+5+5 section fields
+    assert len(rows) == 61  # 2 top-level + 4+6+6+3+14+8+8+5+5 section fields
     assert rows[0][0] == "name" and rows[-1][0] == "control.min_gain"
 
 

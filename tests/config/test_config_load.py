@@ -228,6 +228,20 @@ def test_bad_enum() -> None:
     msg = _err(["pipeline.schedule=zigzag"])
     assert msg.startswith("pipeline.schedule:") and "gpipe, 1f1b, interleaved" in msg and "'zigzag'" in msg
     assert _err(["train.optimizer=adam"]).startswith("train.optimizer: expected one of sgd, adamw")
+    assert _err(["train.lr_schedule=linear"]).startswith("train.lr_schedule: expected one of constant, cosine")
+    assert _err(["train.warmup_steps=-1"]).startswith("train.warmup_steps:")
+    assert _err(["train.final_lr_frac=0"]).startswith("train.final_lr_frac: expected a number in (0, 1]")
+
+
+def test_lr_schedule_reaches_every_stage() -> None:
+    from layeredge_dist.pipeline import setup
+
+    cfg = with_overrides(RunConfig(), ["train.steps=120", "train.lr=0.01", "train.lr_schedule=cosine",
+                                       "train.warmup_steps=12", "train.final_lr_frac=0.2"])
+    opt = setup.stage_spec(cfg).optimizer
+    assert (opt.schedule, opt.warmup_steps, opt.total_steps, opt.final_lr_frac) == ("cosine", 12, 120, 0.2)
+    assert opt.lr_at(0) == pytest.approx(0.01 / 12) and opt.lr_at(120) == pytest.approx(0.002)
+    assert not setup.stage_spec(RunConfig()).optimizer.scheduled  # the default stays a constant rate
     assert _err(["cluster.placement=random"]).startswith("cluster.placement: expected one of")
     assert _err(["transport.data_path=udp"]).startswith("transport.data_path: expected one of tcp, grpc")
     assert _err(["model.family= "]).startswith("model.family:")

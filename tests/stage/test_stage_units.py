@@ -178,7 +178,10 @@ def test_wire_microbatch_separates_chunks() -> None:
 
 
 @pytest.mark.parametrize("kw", [{"name": "adam"}, {"lr": 0.0}, {"lr": -1.0}, {"lr": float("nan")},
-                                {"lr": float("inf")}, {"momentum": -0.1}, {"weight_decay": -1.0}])
+                                {"lr": float("inf")}, {"momentum": -0.1}, {"weight_decay": -1.0},
+                                {"schedule": "linear"}, {"warmup_steps": -1}, {"schedule": "cosine"},
+                                {"schedule": "cosine", "total_steps": 10, "final_lr_frac": 0.0},
+                                {"final_lr_frac": 1.5}])
 def test_optimizer_spec_rejects_bad_values(kw: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         OptimizerSpec(**kw)  # type: ignore[arg-type]
@@ -198,6 +201,57 @@ def test_optimizer_spec_builds_configured_optimizers() -> None:
     adamw = OptimizerSpec("adamw", lr=1e-2, weight_decay=0.1).build([q])
     assert isinstance(adamw, torch.optim.AdamW)
     assert adamw.param_groups[0]["lr"] == 1e-2 and adamw.param_groups[0]["weight_decay"] == 0.1
+
+
+def test_lr_schedule_warms_up_linearly_then_follows_the_cosine() -> None:
+    spec = OptimizerSpec("adamw", lr=1e-2, schedule="cosine", warmup_steps=4, total_steps=14, final_lr_frac=0.1)
+    assert [spec.lr_at(k) for k in range(4)] == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2])
+    assert spec.lr_at(4) == pytest.approx(1e-2)  # the cosine starts at the peak
+    assert spec.lr_at(9) == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5))  # half-way: the mean of peak and floor
+    assert spec.lr_at(14) == pytest.approx(1e-3) and spec.lr_at(100) == pytest.approx(1e-3)  # held at the floor
+    rates = [spec.lr_at(k) for k in range(4, 15)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    flat = OptimizerSpec("sgd", lr=0.2, warmup_steps=2)
+    assert [flat.lr_at(k) for k in range(4)] == pytest.approx([0.1, 0.2, 0.2, 0.2])
+    assert not OptimizerSpec().scheduled and flat.scheduled
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_scheduled_optimizer_steps_with_the_scheduled_rate_and_resumes_from_its_state(name: str) -> None:
+    spec = OptimizerSpec(name, lr=0.1, schedule="cosine", warmup_steps=2, total_steps=6)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = spec.build([p])
+    used = []
+    for _ in range(3):
+        p.grad = torch.ones(1)
+        opt.step()
+        used.append(opt.param_groups[0]["lr"])
+    assert used == pytest.approx([spec.lr_at(k) for k in range(3)])
+    if name == "sgd":  # plain SGD moves by exactly the rate: the rate is the one the step used
+        assert float(p.detach()) == pytest.approx(-sum(used))
+    state = opt.state_dict()
+    q = torch.nn.Parameter(p.detach().clone())
+    resumed = spec.build([q])
+    resumed.load_state_dict(state)  # the step count travels in the param groups
+    q.grad = torch.ones(1)
+    resumed.step()
+    assert resumed.param_groups[0]["lr"] == pytest.approx(spec.lr_at(3))
+    late = spec.build([torch.nn.Parameter(torch.zeros(1))], start_step=5)
+    late.param_groups[0]["params"][0].grad = torch.ones(1)
+    late.step()
+    assert late.param_groups[0]["lr"] == pytest.approx(spec.lr_at(5))
+
+
+def test_seek_realigns_a_schedule_loaded_from_an_unscheduled_state() -> None:
+    p = torch.nn.Parameter(torch.zeros(1))
+    legacy = OptimizerSpec("sgd", lr=0.1).build([p]).state_dict()  # written before schedules existed
+    spec = OptimizerSpec("sgd", lr=0.1, warmup_steps=10)
+    opt = spec.build([p])
+    opt.load_state_dict(legacy)
+    spec.seek(opt, 4)
+    p.grad = torch.ones(1)
+    opt.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)  # step 4 of a 10-step warm-up
 
 
 # ---- checkpoint files -----------------------------------------------------------------------------------------
@@ -607,10 +661,14 @@ def test_stage_error_mid_call_surfaces_and_pipeline_keeps_working() -> None:
         good.close()
 
 
-def test_checkpoint_restore_continues_bit_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("opt", [
+    OptimizerSpec("sgd", lr=0.1, momentum=0.9),  # momentum: the optimizer state must be restored too
+    # a warm-up and cosine: the rate of steps 2 and 3 must follow the restored step count, not restart
+    OptimizerSpec("sgd", lr=0.1, momentum=0.9, schedule="cosine", warmup_steps=3, total_steps=4),
+], ids=["constant", "warmup-cosine"])
+def test_checkpoint_restore_continues_bit_exactly(tmp_path: Path, opt: OptimizerSpec) -> None:
     model = _tiny_model(seed=7)
     work = SyntheticWorkload(model, 8, 16, seed=9)
-    opt = OptimizerSpec("sgd", lr=0.1, momentum=0.9)  # momentum: the optimizer state must be restored too
 
     def pipeline() -> ThreadedPipeline:
         return ThreadedPipeline(model, even_cuts(3, 3), 3, "1f1b", microbatches=4, optimizer=opt)

@@ -7,7 +7,8 @@ import argparse
 
 import pytest
 
-from layeredge_dist.bench.e2e import E2ESettings, _finish_rows, _traffic, add_arguments, format_rows
+from layeredge_dist.bench.e2e import (E2ESettings, _base_config, _finish_rows, _traffic, add_arguments, format_rows,
+                                      run_overrides)
 from layeredge_dist.types import Direction, EdgeId, EdgeStats, TensorRole
 
 
@@ -75,6 +76,20 @@ def test_settings_and_cli_options() -> None:
         E2ESettings(target_frac=0.0)
     with pytest.raises(ValueError):
         E2ESettings(hosts=1)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        E2ESettings(steps=10, warmup_steps=11)
+
+
+def test_every_configuration_trains_with_one_warmup_and_cosine_recipe_over_the_benchmark_steps() -> None:
+    cfg = _base_config(E2ESettings(steps=300))
+    t = cfg.train
+    assert (t.steps, t.lr_schedule, t.warmup_steps) == (300, "cosine", 30)
+    # --set comes last, so a user can still change the recipe
+    over = run_overrides(E2ESettings(steps=50, warmup_steps=0, lr_schedule="constant",
+                                     overrides=("train.lr=0.001",)))
+    cfg = _base_config(E2ESettings(steps=50, warmup_steps=0, lr_schedule="constant", overrides=("train.lr=0.001",)))
+    assert over[-1] == "train.lr=0.001"
+    assert (cfg.train.steps, cfg.train.lr_schedule, cfg.train.warmup_steps, cfg.train.lr) == (50, "constant", 0, 0.001)
     with pytest.raises(ValueError, match="host_calib_steps"):
         E2ESettings(host_calib_steps=2)  # not more than the warm-up steps the median skips
     assert E2ESettings(host_calib_steps=0).host_calib_steps == 0
