@@ -16,9 +16,11 @@ c. ``plan``: the planner's plan (:func:`layeredge_dist.pipeline.planning.choose_
    ``--trial-steps`` of training per codec and direction so that the budget is a validation-loss gap in nats:
    :func:`~layeredge_dist.pipeline.planning.calibrate_by_trial`) and the links as measured by the first run's
    transport probe (``Pipeline.probe_links``: bandwidth and RTT of every stage-to-stage link);
-d. ``strong``: a fixed aggressive configuration, forward ``--strong-forward`` (default ``int4/rht``) and backward
-   ``--strong-backward`` (default ``ef(int8)``: error feedback, whose state the stage runtime keeps per edge and
-   micro-batch slot).
+d. ``strong``: a fixed aggressive configuration, forward ``--strong-forward`` (default ``klt:3``: transform coding
+   at 3 bits per element) and backward ``--strong-backward`` (default ``int4/rht/sr``: rotated 4-bit with unbiased
+   stochastic rounding, stateless), the pair that trained like fp32 in every seed of the 4-seed study
+   (docs/benchmarks.md); ``--strong-forward int4/rht --strong-backward ef(int8)`` is the AC-SGD-like 4-bit pair with
+   error feedback, whose state the stage runtime keeps per edge and micro-batch slot.
 
 Per rate and configuration it reports the step time (p50 of the steps after the first 3), the validation loss
 every ``--eval-every`` steps on ``--eval-batches`` held-out batches (and at the end: ``final_val_loss``), the
@@ -108,8 +110,8 @@ class E2ESettings:
     trial_batches: int = 8
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES
     backward_candidates: tuple[str, ...] = DEFAULT_BACKWARD
-    strong_forward: str = "int4/rht"
-    strong_backward: str = "ef(int8)"
+    strong_forward: str = "klt:3"
+    strong_backward: str = "int4/rht/sr"
     calib_steps: int = 20
     calib_batches: int = 2
     hosts: int = 3
