@@ -15,7 +15,11 @@ c. ``plan``: the planner's plan (:func:`layeredge_dist.pipeline.planning.choose_
    per-boundary sensitivity of ``--codecs`` after ``--calib-steps`` training steps, calibrated by
    ``--trial-steps`` of training per codec and direction so that the budget is a validation-loss gap in nats:
    :func:`~layeredge_dist.pipeline.planning.calibrate_by_trial`) and the links as measured by the first run's
-   transport probe (``Pipeline.probe_links``: bandwidth and RTT of every stage-to-stage link);
+   transport probe (``Pipeline.probe_links``: bandwidth and RTT of every stage-to-stage link). With
+   ``--verify-steps N`` (default 60) the driver then trains the plans the planner makes at the budget x 0.5, 1, 2
+   and 4 in-process, each with all its codecs in place, for N steps from the calibration point, and takes the
+   fastest predicted one whose measured gap fits the budget
+   (:func:`~layeredge_dist.pipeline.planning.choose_verified_plan`): the per-codec gaps do not add up;
 d. ``strong``: a fixed aggressive configuration, forward ``--strong-forward`` (default ``klt:3``: transform coding
    at 3 bits per element) and backward ``--strong-backward`` (default ``int4/rht/sr``: rotated 4-bit with unbiased
    stochastic rounding, stateless), the pair that trained like fp32 in every seed of the 4-seed study
@@ -108,6 +112,7 @@ class E2ESettings:
     budget: float | None = 0.03
     trial_steps: int = 60
     trial_batches: int = 8
+    verify_steps: int = 60
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES
     backward_candidates: tuple[str, ...] = DEFAULT_BACKWARD
     strong_forward: str = "klt:3"
@@ -136,6 +141,8 @@ class E2ESettings:
             raise ValueError("need at least one rate")
         if self.trial_steps < 0 or self.trial_batches < 1:
             raise ValueError("need trial_steps >= 0 and trial_batches >= 1")
+        if self.verify_steps < 0:
+            raise ValueError(f"verify_steps must be >= 0, got {self.verify_steps}")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
             raise ValueError(f"warmup_steps must be in [0, steps = {self.steps}], got {self.warmup_steps}")
         if self.host_calib_steps < 0 or 0 < self.host_calib_steps <= WARMUP_STEPS:
@@ -169,6 +176,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"calibrate the planner's sensitivities by short in-process training runs per codec and "
                    f"direction (default {d.trial_steps}; 0 = one-shot sensitivities only, which let codecs through "
                    "that stall training)")
+    p.add_argument("--verify-steps", type=int, default=d.verify_steps, metavar="N",
+                   help=f"train the plans made at the budget x 0.5, 1, 2, 4 for N steps each with all their codecs "
+                   f"in place and keep the fastest whose measured gap fits the budget (default {d.verify_steps}; 0 = "
+                   "the additive plan as is; needs a budget)")
     p.add_argument("--trial-batches", type=int, default=d.trial_batches,
                    help=f"validation batches scoring each trial (default {d.trial_batches})")
     p.add_argument("--codecs", default=",".join(d.candidates),
@@ -219,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
             backward_candidates=tuple(c.strip() for c in args.backward_codecs.split(",") if c.strip()),
             strong_forward=args.strong_forward, strong_backward=args.strong_backward,
             calib_steps=args.calib_steps, calib_batches=args.calib_batches, hosts=args.hosts,
-            trial_steps=args.trial_steps, trial_batches=args.trial_batches,
+            trial_steps=args.trial_steps, trial_batches=args.trial_batches, verify_steps=args.verify_steps,
             host_calib_steps=args.host_calib_steps, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
             overrides=tuple(args.overrides))
         _base_config(settings)
@@ -623,9 +634,10 @@ def drive(job: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
             else:
                 if cluster is None:
                     cluster, out["probe"] = _probe_cluster(cfg, int(s["probe_bytes"]), log)
-                plan = _choose_plan(job["profile"], cfg, cluster, s, log, job.get("speeds"))
+                plan, verification = _choose_plan(job["profile"], cfg, cluster, s, log, job.get("speeds"))
                 out["plan"] = plan.to_dict() | {"step_time_s": plan.step_time_s,
-                                                 "total_sensitivity": plan.total_sensitivity}
+                                                 "total_sensitivity": plan.total_sensitivity,
+                                                 "verification": verification}
                 overrides = list(plan.overrides())
             c = with_overrides(cfg, overrides)
             log(f"[{rate}] {name}: training {s['steps']} steps (fwd {c.codecs.forward}, bwd {c.codecs.backward}"
@@ -706,22 +718,39 @@ def _probe_cluster(cfg: Any, probe_bytes: int, log: Callable[[str], None]) -> tu
 
 
 def _choose_plan(profile_dict: dict[str, Any] | None, cfg: Any, cluster: Any, s: dict[str, Any],
-                 log: Callable[[str], None], speeds: Any = None) -> Any:
-    """The planner's plan for the probed ``cluster``; ``speeds``: the codec speeds measured on the real tensor
-    size next to the profile (None: the built-in 64 MiB table, several times too fast for small tensors)."""
-    from layeredge_dist.pipeline.planning import choose_plan
+                 log: Callable[[str], None], speeds: Any = None) -> tuple[Any, dict[str, Any] | None]:
+    """The planner's plan for the probed ``cluster`` and, with ``verify_steps`` and a budget, what the trial
+    verification compared (:meth:`~layeredge_dist.pipeline.planning.Verification.to_dict`, else None);
+    ``speeds``: the codec speeds measured on the real tensor size next to the profile (None: the built-in 64 MiB
+    table, several times too fast for small tensors)."""
+    from layeredge_dist.pipeline import planning
     from layeredge_dist.plan import ModelProfile
 
     if profile_dict is None:
         raise E2EError("the plan configuration needs a profile")
     profile = ModelProfile.from_dict(profile_dict)
     candidates = list(dict.fromkeys([*s["candidates"], *s["backward_candidates"]]))
-    plan, base = choose_plan(profile, cfg.pipeline.stages, cluster, candidates, budget=s["budget"],
-                             schedule=cfg.pipeline.schedule, speeds=speeds)
+    verification = None
+    if s.get("verify_steps", 0) and s["budget"] is not None:
+        steps = int(s["verify_steps"])
+
+        def verify(plans: Any) -> Any:
+            log(f"  verifying {len(plans)} candidate plan(s): {steps} in-process training steps each (1 thread) ...")
+            return planning.trial_plans(cfg, plans, int(s["calib_steps"]), steps, int(s["trial_batches"]), log=log)
+
+        plan, base, ver = planning.choose_verified_plan(profile, cfg.pipeline.stages, cluster, candidates,
+                                                        budget=s["budget"], verify=verify,
+                                                        schedule=cfg.pipeline.schedule, speeds=speeds)
+        verification = ver.to_dict()
+        for line in ver.lines():
+            log("  " + line)
+    else:
+        plan, base = planning.choose_plan(profile, cfg.pipeline.stages, cluster, candidates, budget=s["budget"],
+                                          schedule=cfg.pipeline.schedule, speeds=speeds)
     log(f"  plan for {cluster.describe()}: cuts {list(plan.cuts)}, codecs {plan.codecs_dict()}, predicted step "
         f"{plan.step_time_s:.3f} s (fp32 {base['fp32'].step_time_s:.3f} s), total sensitivity "
         f"{plan.total_sensitivity:.4g} (budget {s['budget']})")
-    return plan
+    return plan, verification
 
 
 def _train_one(cfg: Any, s: dict[str, Any], probe: bool, probe_bytes: int,

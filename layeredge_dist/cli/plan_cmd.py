@@ -81,6 +81,11 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
                    help="calibrate the sensitivities by training: per codec and direction, that many in-process "
                    "steps with the codec on the run's cuts; scores (and --budget) become validation-loss gaps in "
                    "nats (default 0: one-shot scores; 30-100 steps catch codecs that stall training)")
+    p.add_argument("--verify-steps", type=int, default=0, metavar="N",
+                   help="check the plan by training: the plans made at --budget x 0.5, 1, 2, 4 are each trained N "
+                   "in-process steps with all their codecs in place (from the --calib-steps point) and the fastest "
+                   "whose measured validation-loss gap fits --budget is kept (default 0: the additive plan; needs "
+                   "--budget, best with --trial-steps so that the budget is in nats; not with --what-if)")
     p.add_argument("--plot", metavar="PATH", default=None, help="write a timeline and bytes-per-link PNG here")
     p.set_defaults(func=run_plan)
 
@@ -170,8 +175,10 @@ def run_plan(args: argparse.Namespace) -> int:
         return _usage(f"plan supports the gpipe and 1f1b schedules, not {cfg.pipeline.schedule!r}")
     if args.blocks is not None and (not args.what_if or args.blocks < 2):
         return _usage("--blocks N (N >= 2) goes with --what-if")
-    if args.calib_batches < 1 or args.calib_steps < 0 or args.trial_steps < 0:
-        return _usage("--calib-batches must be >= 1, --calib-steps and --trial-steps >= 0")
+    if args.calib_batches < 1 or args.calib_steps < 0 or args.trial_steps < 0 or args.verify_steps < 0:
+        return _usage("--calib-batches must be >= 1, --calib-steps, --trial-steps and --verify-steps >= 0")
+    if args.verify_steps and (objective != "time" or args.budget is None or args.what_if):
+        return _usage("--verify-steps goes with --budget (objective time) on the configured model, not --what-if")
 
     from layeredge_dist.plan import InfeasibleError, ModelProfile
     from layeredge_dist.pipeline import planning
@@ -222,15 +229,25 @@ def run_plan(args: argparse.Namespace) -> int:
         return _usage(f"--nodes {nodes} is more than the model's {profile.n_blocks} blocks; add --what-if to plan a "
                       "hypothetical larger model (or --blocks N)")
     t_plan = time.perf_counter()
+    verification = None
     try:
-        plan, baselines = planning.choose_plan(profile, nodes, cluster, codecs, objective=objective,
-                                               budget=args.budget, time_budget=args.time_budget,
-                                               schedule=cfg.pipeline.schedule, score=args.score,
-                                               what_if=args.what_if)
+        if args.verify_steps:
+            def verify(plans: Any) -> Any:
+                log(f"verifying {len(plans)} candidate plan(s): {args.verify_steps} in-process training steps each")
+                return planning.trial_plans(cfg, plans, args.calib_steps, args.verify_steps, 8, log=log)
+
+            plan, baselines, verification = planning.choose_verified_plan(
+                profile, nodes, cluster, codecs, budget=args.budget, verify=verify,
+                schedule=cfg.pipeline.schedule, score=args.score)
+        else:
+            plan, baselines = planning.choose_plan(profile, nodes, cluster, codecs, objective=objective,
+                                                   budget=args.budget, time_budget=args.time_budget,
+                                                   schedule=cfg.pipeline.schedule, score=args.score,
+                                                   what_if=args.what_if)
     except InfeasibleError as err:
         print(f"layeredge plan: infeasible: {err}", file=sys.stderr)
         return 1
-    except ValueError as err:
+    except (CodecError, ValueError) as err:
         print(f"layeredge plan: {err}", file=sys.stderr)
         return 1
     plan_s = time.perf_counter() - t_plan
@@ -243,6 +260,8 @@ def run_plan(args: argparse.Namespace) -> int:
         "apply": overrides, "apply_command": apply_command(overrides),
         "seconds": {"plan": plan_s, "total": time.perf_counter() - t0},
     }
+    if verification is not None:
+        doc["verification"] = verification.to_dict()
     if args.plot:
         try:
             doc["plot"] = planning.plot_plan(plan, profile, cluster, baselines, args.plot)
@@ -269,6 +288,10 @@ def run_plan(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if verification is not None:
+        print(f"\nverified by {args.verify_steps}-step trials (validation-loss gap to exact edges, nats):")
+        for line in verification.lines():
+            print("  " + line)
     if args.what_if:
         print(f"\nwhat-if: {profile.name}, planned in {plan_s:.2f} s")
     print("\napply with:\n  " + apply_command(overrides))

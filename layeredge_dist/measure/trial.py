@@ -12,6 +12,9 @@ codec on every cut in that direction only (the other direction exact; forward co
 forward, as the pipeline evaluates), and the validation loss at the end of each. The gap to the exact run
 (nats) is the codec's training sensitivity for that direction; :meth:`TrialResult.gap` returns it.
 
+:func:`plan_losses` trains whole plans instead: per plan its own codec at each boundary, forward and backward at
+once, so that what a planner predicts by adding per-codec gaps can be checked against the combination itself.
+
 Cost: ``(1 + directions x codecs) x steps`` training steps of the whole model in this process. Pure torch: no
 pipeline, transport or Ray (layer rank 3).
 """
@@ -97,8 +100,12 @@ class _EdgeCodec:
         return y.reshape(x.shape).to(x.dtype)
 
 
-def _val_loss(parts: Sequence[Partition], batches: Sequence[tuple[torch.Tensor, Side]], fwd: _EdgeCodec,
-              at: frozenset[int]) -> float:
+#: Per boundary ``k`` (between ``parts[k]`` and ``parts[k + 1]``) the codec applied there; boundaries not in the
+#: mapping pass their tensors exactly.
+Edges = Mapping[int, _EdgeCodec]
+
+
+def _val_loss(parts: Sequence[Partition], batches: Sequence[tuple[torch.Tensor, Side]], fwd: Edges) -> float:
     for p in parts:
         p.eval()
     total = 0.0
@@ -107,8 +114,8 @@ def _val_loss(parts: Sequence[Partition], batches: Sequence[tuple[torch.Tensor, 
             h = x
             for s, part in enumerate(parts):
                 h = part(h, side)
-                if s in at:
-                    h = fwd(h, ("val", s, i))
+                if s in fwd:
+                    h = fwd[s](h, ("val", s, i))
             total += float(parts[-1].loss(h, side))
     for p in parts:
         p.train()
@@ -116,9 +123,9 @@ def _val_loss(parts: Sequence[Partition], batches: Sequence[tuple[torch.Tensor, 
 
 
 def _train(parts: Sequence[Partition], make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
-           step_batches: Sequence[MicroBatches], fwd: _EdgeCodec, bwd: _EdgeCodec, at: frozenset[int]) -> list[float]:
-    """``len(step_batches)`` optimizer steps through the chain (GPipe order) with ``fwd`` / ``bwd`` at the
-    boundaries ``at`` (boundary ``k`` is between partitions ``k`` and ``k + 1``)."""
+           step_batches: Sequence[MicroBatches], fwd: Edges, bwd: Edges) -> list[float]:
+    """``len(step_batches)`` optimizer steps through the chain (GPipe order) with ``fwd[k]`` on the activation and
+    ``bwd[k]`` on the gradient crossing boundary ``k`` (between partitions ``k`` and ``k + 1``); the losses."""
     params = [p for part in parts for p in part.parameters() if p.requires_grad]
     opt = make_optimizer(params)
     losses = []
@@ -132,8 +139,8 @@ def _train(parts: Sequence[Partition], make_optimizer: Callable[[list[torch.nn.P
             for s, part in enumerate(parts):
                 h, state = stage_forward(part, h, side, train=True, loss_scale=1.0 / m)
                 saved[s].append(state)
-                if s in at:
-                    h = fwd(h, (s, i))
+                if s in fwd:
+                    h = fwd[s](h, (s, i))
             total += float(h)
         for i in range(m):
             g: torch.Tensor | None = None
@@ -141,8 +148,8 @@ def _train(parts: Sequence[Partition], make_optimizer: Callable[[list[torch.nn.P
                 g = stage_backward(saved[s][i], g)  # type: ignore[arg-type]
                 if s > 0:
                     assert g is not None, f"stage {s} has a non-float input; it cannot pass a gradient back"
-                    if s - 1 in at:
-                        g = bwd(g, (s - 1, i))
+                    if s - 1 in bwd:
+                        g = bwd[s - 1](g, (s - 1, i))
         losses.append(total / m)
         if not math.isfinite(losses[-1]):
             break
@@ -191,31 +198,142 @@ def trial_losses(parts: Sequence[Partition],
         raise ValueError(f"boundaries must be among 0..{len(parts) - 2} (and not empty), got {boundaries}")
     for spec in {s for v in per_dir.values() for s in v}:
         load_codec(spec)  # CodecError before any training
-    start = [copy.deepcopy(p.state_dict()) for p in parts]
-    tail = max(1, min(len(step_batches), 10))
-
-    def run(fwd_spec: str | None, bwd_spec: str | None) -> tuple[float, float]:
-        for p, st in zip(parts, start):
-            p.load_state_dict(st)
-        fwd, bwd = _EdgeCodec(fwd_spec, seed), _EdgeCodec(bwd_spec, seed + 1)
-        losses = _train(parts, make_optimizer, step_batches, fwd, bwd, at)
-        train = sum(losses[-tail:]) / len(losses[-tail:])
-        if len(losses) < len(step_batches) or not math.isfinite(train):
-            return math.inf, math.inf
-        return _val_loss(parts, val_batches, _EdgeCodec(fwd_spec, seed + 2), at), train
-
+    runner = _Runner(parts, make_optimizer, step_batches, val_batches, seed)
     try:
         progress(f"trial: exact edges, {len(step_batches)} steps")
-        exact, exact_train = run(None, None)
+        exact, exact_train = runner.run({})
         losses: dict[str, dict[str, float]] = {}
         trains: dict[str, dict[str, float]] = {}
         for d, d_specs in per_dir.items():
             for spec in d_specs:
                 progress(f"trial: {spec} {d}")
-                v, t = run(spec, None) if d == "forward" else run(None, spec)
+                pair = (spec, None) if d == "forward" else (None, spec)
+                v, t = runner.run({k: pair for k in at})
                 losses.setdefault(d, {})[spec] = v
                 trains.setdefault(d, {})[spec] = t
     finally:
-        for p, st in zip(parts, start):
-            p.load_state_dict(st)
+        runner.restore()
     return TrialResult(len(step_batches), exact, losses, exact_train, trains)
+
+
+#: A plan as a trial applies it: per boundary ``k`` the (forward, backward) codec specs there (None = exact in
+#: that direction); boundaries not listed pass both directions exactly.
+BoundaryCodecs = Mapping[int, tuple[str | None, str | None]]
+
+
+@dataclass(frozen=True)
+class PlanTrialResult:
+    """Validation losses (nats) after ``steps`` training steps: ``exact`` with exact edges and ``losses[i]`` with
+    plan ``i``'s codecs on its boundaries in both directions at once; ``train_losses`` / ``exact_train`` the mean
+    training loss of the last ``min(steps, 10)`` steps (non-finite: training diverged)."""
+
+    steps: int
+    exact: float
+    losses: tuple[float, ...]
+    exact_train: float
+    train_losses: tuple[float, ...]
+
+    def gap(self, i: int) -> float:
+        """Validation-loss gap of plan ``i`` to the exact run (nats; ``inf`` when it diverged)."""
+        v = self.losses[i]
+        return v - self.exact if math.isfinite(v) else math.inf
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain data (JSON-compatible; non-finite losses as None)."""
+        def fin(v: float) -> float | None:
+            return v if math.isfinite(v) else None
+        return {"steps": self.steps, "exact": self.exact, "exact_train": self.exact_train,
+                "losses": [fin(v) for v in self.losses], "train_losses": [fin(v) for v in self.train_losses]}
+
+
+def plan_losses(parts: Sequence[Partition],
+                make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
+                step_batches: Sequence[MicroBatches], val_batches: Sequence[tuple[torch.Tensor, Side]],
+                plans: Sequence[BoundaryCodecs], seed: int = 0,
+                progress: Callable[[str], None] = lambda _t: None) -> PlanTrialResult:
+    """Train copies of ``parts`` (left unchanged) on ``step_batches`` once with exact edges and once per plan,
+    with every codec of the plan in place at once, forward and backward, as the pipeline would run it.
+
+    :func:`trial_losses` scores one codec in one direction at a time and a planner adds those scores up; this
+    measures the combination itself, so interactions show (unbiased gradient noise can offset what a lossy
+    forward codec costs, or two codecs can compound). A plan whose every boundary uses the same codec in one
+    direction reproduces :func:`trial_losses`' loss for that codec exactly (same calls, same seeds).
+
+    Args:
+        parts, make_optimizer, step_batches, val_batches, seed, progress: as for :func:`trial_losses`.
+        plans: per plan, ``{boundary: (forward spec | None, backward spec | None)}``; an empty mapping is the
+            exact run again.
+
+    Raises ValueError for empty inputs, fewer than two partitions or a boundary outside ``0..len(parts) - 2``;
+    CodecError for a bad spec (before any training).
+    """
+    if len(parts) < 2:
+        raise ValueError(f"a trial needs at least one cut (two partitions), got {len(parts)}")
+    if not step_batches or not val_batches:
+        raise ValueError("a trial needs at least one training step and one validation batch")
+    for i, plan in enumerate(plans):
+        bad = [k for k in plan if not 0 <= k < len(parts) - 1]
+        if bad:
+            raise ValueError(f"plan {i}: boundaries {bad} are not among 0..{len(parts) - 2}")
+        for pair in plan.values():
+            for spec in pair:
+                if spec is not None:
+                    load_codec(spec)  # CodecError before any training
+    runner = _Runner(parts, make_optimizer, step_batches, val_batches, seed)
+    try:
+        progress(f"plan trial: exact edges, {len(step_batches)} steps")
+        exact, exact_train = runner.run({})
+        losses, trains = [], []
+        for i, plan in enumerate(plans):
+            progress(f"plan trial {i + 1}/{len(plans)}: " + ", ".join(
+                f"boundary {k} {f or 'exact'} | {b or 'exact'}" for k, (f, b) in sorted(plan.items())))
+            v, t = runner.run(plan)
+            losses.append(v)
+            trains.append(t)
+    finally:
+        runner.restore()
+    return PlanTrialResult(len(step_batches), exact, tuple(losses), exact_train, tuple(trains))
+
+
+class _Runner:
+    """One training run per call from the same starting weights (restored before each run and by
+    :meth:`restore`)."""
+
+    def __init__(self, parts: Sequence[Partition],
+                 make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
+                 step_batches: Sequence[MicroBatches], val_batches: Sequence[tuple[torch.Tensor, Side]],
+                 seed: int) -> None:
+        self.parts, self.make_optimizer = parts, make_optimizer
+        self.step_batches, self.val_batches, self.seed = step_batches, val_batches, seed
+        self.start = [copy.deepcopy(p.state_dict()) for p in parts]
+        self.tail = max(1, min(len(step_batches), 10))
+
+    def restore(self) -> None:
+        for p, st in zip(self.parts, self.start):
+            p.load_state_dict(st)
+
+    def run(self, plan: BoundaryCodecs) -> tuple[float, float]:
+        """(validation loss, mean training loss of the last steps) with ``plan``'s codecs; (inf, inf) when
+        training diverged. One codec object per direction and spec serves every boundary that uses it (its
+        call counter seeds the randomized codecs; stateful ones keep state per boundary and micro-batch)."""
+        self.restore()
+        losses = _train(self.parts, self.make_optimizer, self.step_batches, _edges(plan, 0, self.seed),
+                        _edges(plan, 1, self.seed + 1))
+        train = sum(losses[-self.tail:]) / len(losses[-self.tail:])
+        if len(losses) < len(self.step_batches) or not math.isfinite(train):
+            return math.inf, math.inf
+        return _val_loss(self.parts, self.val_batches, _edges(plan, 0, self.seed + 2)), train
+
+
+def _edges(plan: BoundaryCodecs, side: int, seed: int) -> dict[int, _EdgeCodec]:
+    """``plan``'s codecs of one direction (``side`` 0 = forward, 1 = backward) per boundary, one shared
+    :class:`_EdgeCodec` per spec."""
+    shared: dict[str, _EdgeCodec] = {}
+    out: dict[int, _EdgeCodec] = {}
+    for k, pair in sorted(plan.items()):
+        spec = pair[side]
+        if spec is not None:
+            if spec not in shared:
+                shared[spec] = _EdgeCodec(spec, seed)
+            out[k] = shared[spec]
+    return out

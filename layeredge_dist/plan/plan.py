@@ -20,7 +20,8 @@ import yaml
 from .cluster import ClusterSpec, LinkSpec
 from .codec_costs import Speeds
 from .profile import DIRECTIONS, ModelProfile
-from .simulator import Codecs, PipelineModel, Prediction, codecs_mapping, predict_model, resolve_codecs
+from .simulator import (Codecs, PipelineModel, Prediction, codecs_mapping, edge_key, predict_model,
+                        resolve_codecs)
 
 OBJECTIVES = ("manual", "min_time_under_budget", "min_loss_under_time", "plan_jointly", "best_uniform", "what_if")
 
@@ -105,6 +106,19 @@ class Plan:
     def codecs_dict(self) -> dict[str, dict[str, str]]:
         """``codecs`` as plain dicts: the value for the run config's ``codecs.edges``."""
         return _thaw(self.codecs)
+
+    def boundary_codecs(self) -> dict[int, tuple[str, str]]:
+        """``{k: (forward spec, backward spec)}`` for every model boundary the plan cuts (``k = cut - 1``, the
+        boundary after block ``k``; an edge without an entry is fp32): the form
+        :func:`layeredge_dist.measure.trial.plan_losses` trains. ValueError for an interleaved plan
+        (``chunks > 1``), whose virtual edges do not map onto one boundary each here."""
+        if self.chunks != 1:
+            raise ValueError(f"boundary codecs need a plan with one chunk per stage, this one has {self.chunks}")
+        out = {}
+        for i, cut in enumerate(self.cuts):
+            sides = self.codecs.get(edge_key(i, i + 1), {})
+            out[cut - 1] = (sides.get("forward", "fp32"), sides.get("backward", "fp32"))
+        return out
 
     def config_patch(self) -> dict[str, Any]:
         """The run-config sections this plan sets: ``{"pipeline": {...}, "codecs": {"edges": {...}}}``."""

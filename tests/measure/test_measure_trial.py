@@ -88,3 +88,36 @@ def test_bad_inputs() -> None:
         trial_losses(parts, _adam, [], val, ["int8"])
     with pytest.raises(ValueError, match="two partitions"):
         trial_losses(parts[:1], _adam, steps, val, ["int8"])
+
+
+def test_plan_losses_reproduce_per_codec_trials_and_measure_combinations() -> None:
+    """A plan with one codec on every boundary in one direction is exactly trial_losses' run for that codec (the
+    same calls, so the same seeds, also for a randomized codec); both directions at once is its own run."""
+    from layeredge_dist.measure.trial import plan_losses
+
+    parts, steps, val = _setup(steps=8)
+    per = trial_losses(parts, _adam, steps, val, {"forward": ["int4/rht"], "backward": ["int4/rht/sr"]})
+    plans = [{0: ("int4/rht", None), 1: ("int4/rht", None)}, {0: (None, "int4/rht/sr"), 1: (None, "int4/rht/sr")},
+             {0: ("int4/rht", "int4/rht/sr"), 1: ("int4/rht", "int4/rht/sr")}, {},
+             {0: ("topk:0.01", "topk:0.01")}]
+    res = plan_losses(parts, _adam, steps, val, plans)
+    assert res.exact == per.exact and res.gap(3) == 0.0
+    assert res.losses[0] == per.losses["forward"]["int4/rht"]
+    assert res.losses[1] == per.losses["backward"]["int4/rht/sr"]
+    # the combination is a different run from either part (not their sum by construction)
+    assert res.losses[2] not in (res.losses[0], res.losses[1])
+    # keeping 1 % of the values on one boundary both ways costs clearly more than 4 bits everywhere
+    assert res.gap(4) > 0.015 and res.gap(4) > 3 * abs(res.gap(2))
+    assert res.steps == len(steps) and res.to_dict()["losses"][3] == res.exact
+
+
+def test_plan_losses_bad_inputs() -> None:
+    from layeredge_dist.measure.trial import plan_losses
+
+    parts, steps, val = _setup(steps=2)
+    with pytest.raises(ValueError, match=r"plan 1: boundaries \[2\]"):
+        plan_losses(parts, _adam, steps, val, [{0: ("int8", None)}, {2: ("int8", None)}])
+    with pytest.raises(CodecError):
+        plan_losses(parts, _adam, steps, val, [{0: (None, "int9")}])
+    with pytest.raises(ValueError, match="at least one training step"):
+        plan_losses(parts, _adam, [], val, [{}])

@@ -33,7 +33,8 @@ def test_pipeline_equals_in_process_chain_with_lossy_codecs(ray_cluster, fwd: st
     old = torch.get_num_threads()
     torch.set_num_threads(1)  # like a stage actor: the same reduction order
     try:
-        want = _train(parts, spec.optimizer.build, steps, _EdgeCodec(fwd, 0), _EdgeCodec(bwd, 1), frozenset({0, 1}))
+        f, b = _EdgeCodec(fwd, 0), _EdgeCodec(bwd, 1)  # one codec object serves both cuts, as in a trial
+        want = _train(parts, spec.optimizer.build, steps, {0: f, 1: f}, {0: b, 1: b})
     finally:
         torch.set_num_threads(old)
     with Pipeline(spec, setup.placement(cfg)) as pipe:

@@ -228,3 +228,87 @@ def test_measure_speeds_times_klt_on_its_transform_path() -> None:
     assert int(klt.encode(rows.reshape(-1)).payload[0]) == 2  # flat: the fallback
     got = measure_speeds(["klt:2", "ef(klt:2)"], 512 * 64, reps=1, width=64)
     assert set(got) == {"klt:2", "ef(klt:2)"} and all(e > 0 and d > 0 for e, d in got.values())
+
+
+class _Gaps:
+    """A stand-in for a trial's result: the selection logic is under test here, the trials themselves in
+    tests/measure/test_measure_trial.py and below."""
+
+    def __init__(self, gaps: list[float]) -> None:
+        self.gaps, self.steps = gaps, 7
+
+    def gap(self, i: int) -> float:
+        return self.gaps[i]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "losses": self.gaps}
+
+
+def _toy_profile() -> ModelProfile:
+    sens = {b: {"forward": {"int8": 0.01, "int4": 0.05}, "backward": {"int8": 0.005}} for b in range(5)}
+    return ModelProfile.from_numbers([0.001] * 6, [0.002] * 6, [100_000] * 5, params_bytes=1_000_000,
+                                     sensitivity=sens, micro_batches=4, tokens_per_micro_batch=256, name="toy")
+
+
+def test_choose_verified_plan_holds_the_measured_gap_to_the_budget() -> None:
+    """Candidates come from budget x factors; the fastest whose trial gap fits wins even when its additive score
+    does not; when the additive plan fails its trial a tighter one is taken; when none fits, the smallest gap."""
+    from layeredge_dist.pipeline.planning import choose_plan, choose_verified_plan
+
+    prof = _toy_profile()
+    base, _ = choose_plan(prof, 3, "10Mbit", ["int8", "int4"], budget=0.03)
+    seen: list[list[Any]] = []
+
+    def verify_with(gap_of: Any) -> Any:
+        def verify(plans: list[Any]) -> Any:
+            seen.append(plans)
+            return _Gaps([gap_of(p) for p in plans])
+        return verify
+
+    def n_int4(p: Any) -> int:
+        return sum(v["forward"] == "int4" for v in p.codecs_dict().values())
+
+    plan, baselines, ver = choose_verified_plan(prof, 3, "10Mbit", ["int8", "int4"], budget=0.03,
+                                                verify=verify_with(lambda p: 0.01 - 0.001 * n_int4(p)))
+    cands = seen[-1]
+    assert len(cands) == len(ver.candidates) >= 3  # distinct plans only; 0.5, 1, 2, 4 x the budget
+    assert sorted(f for c in ver.candidates for f in c["factors"]) == [0.5, 1.0, 2.0, 4.0]
+    fastest = min(cands, key=lambda p: p.step_time_s)
+    assert plan.cuts == fastest.cuts and plan.codecs_dict() == fastest.codecs_dict()
+    assert n_int4(plan) == 2 and plan.total_sensitivity > 0.031 and base.total_sensitivity < 0.0301  # the sum said no
+    assert plan.budget == 0.03 and "verified by a 7-step trial" in plan.notes[-1]
+    assert baselines["fp32"].step_time_s > plan.step_time_s
+    assert ver.candidates[ver.chosen]["trial_gap"] == pytest.approx(0.008)
+    assert any(line.startswith("*") for line in ver.lines())
+    json.dumps(ver.to_dict())
+
+    # the additive plan (and everything faster) fails its trial: the tighter candidate is taken
+    tight = seen[-1][0]  # budget x 0.5
+    plan, _, ver = choose_verified_plan(prof, 3, "10Mbit", ["int8", "int4"], budget=0.03,
+                                        verify=verify_with(lambda p: 0.0 if p.total_sensitivity <= 0.015 else 0.2))
+    assert plan.codecs_dict() == tight.codecs_dict() and "fits the budget" in ver.reason
+    # nothing fits: the smallest measured gap, and the reason says so
+    plan, _, ver = choose_verified_plan(prof, 3, "10Mbit", ["int8", "int4"], budget=0.03,
+                                        verify=verify_with(lambda p: 1.0 + n_int4(p)))
+    assert n_int4(plan) == 0 and ver.reason.startswith("no candidate")
+    with pytest.raises(ValueError, match="include 1"):
+        choose_verified_plan(prof, 3, "10Mbit", ["int8"], budget=0.03, verify=verify_with(lambda p: 0.0),
+                             factors=(0.5, 2.0))
+    with pytest.raises(ValueError, match="budget"):
+        choose_verified_plan(prof, 3, "10Mbit", ["int8"], budget=-1.0, verify=verify_with(lambda p: 0.0))
+
+
+def test_plan_verify_steps_trains_the_candidates(capsys: pytest.CaptureFixture[str]) -> None:
+    """``layeredge plan --verify-steps``: real in-process trials of every candidate plan of the tiny model, the
+    chosen one's gap within the budget, the table printed; and the option's misuse is a usage error."""
+    doc = _doc(capsys, ["plan", *TINY, "--json", "--nodes", "2", "--bandwidth", "10Mbit", "--codecs", "int8,int2",
+                        "--budget", "0.05", "--trial-steps", "4", "--calib-steps", "3", "--verify-steps", "4"])
+    ver = doc["verification"]
+    assert ver["trial"]["steps"] == 4 and len(ver["trial"]["losses"]) == len(ver["candidates"]) >= 1
+    chosen = ver["candidates"][ver["chosen"]]
+    assert chosen["codecs"] == doc["plan"]["codecs"] and chosen["cuts"] == doc["plan"]["cuts"]
+    if ver["reason"].startswith("the fastest"):
+        assert chosen["trial_gap"] <= 0.05
+    assert main(["plan", *TINY, "--verify-steps", "4"]) == 2  # no budget
+    assert main(["plan", *TINY, "--verify-steps", "4", "--budget", "0.1", "--what-if", "--nodes", "8"]) == 2
+    assert "--verify-steps goes with --budget" in capsys.readouterr().err

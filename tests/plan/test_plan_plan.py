@@ -95,3 +95,11 @@ def test_joint_plan_round_trips() -> None:
     plan = plan_jointly(_profile(), 3, ClusterSpec.uniform(3, "100Mbit"), ["int8", "int4"], 0.05)
     assert Plan.from_json(plan.to_json()) == plan
     assert plan.total_sensitivity <= 0.05 + 1e-12
+
+
+def test_boundary_codecs_map_cuts_to_block_boundaries() -> None:
+    """Cut c starts stage i + 1 at block c, so its edge's codecs sit at boundary c - 1; a missing side is fp32."""
+    assert _plan().boundary_codecs() == {1: ("int8", "int8"), 3: ("int4", "fp32")}
+    inter = make_plan(_profile(), (1, 3, 5), "bf16", "1Gbit", schedule="interleaved", chunks=2)
+    with pytest.raises(ValueError, match="one chunk per stage"):
+        inter.boundary_codecs()

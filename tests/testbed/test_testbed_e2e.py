@@ -35,6 +35,7 @@ def test_plan_beats_fp32_at_100mbit() -> None:
     settings = E2ESettings(rates=("100mbit",), configs=("fp32", "plan"), steps=8, eval_every=4, eval_batches=1,
                            calib_steps=2, calib_batches=1, candidates=("bf16", "int8", "int4", "int2"),
                            budget=0.05, trial_steps=0,  # one-shot sensitivities: the trials are unit-tested
+                           verify_steps=2,  # the candidate plans are trained in the driver, inside host 0
                            overrides=SMALL, probe_bytes=2 << 20, start_timeout_s=150.0, run_timeout_s=400.0,
                            host_calib_steps=5)
     result = run_e2e(settings, log=print)
@@ -47,6 +48,9 @@ def test_plan_beats_fp32_at_100mbit() -> None:
     assert fp32["bytes_per_step"] == pytest.approx(4 * 32 * 128 * 64 * 4, rel=0.01)  # 2 cuts x fwd + bwd
     assert plan["step_s"] < fp32["step_s"], (f"plan {plan['step_s']:.3f} s/step vs fp32 {fp32['step_s']:.3f} s/step "
                                              f"on 100 Mbit/s links")
+    ver = result["plans"]["100mbit"]["verification"]
+    assert ver["trial"]["steps"] == 2 and len(ver["trial"]["losses"]) == len(ver["candidates"]) >= 1
+    assert ver["candidates"][ver["chosen"]]["codecs"] == result["plans"]["100mbit"]["codecs"]
     # the simulator's host model was fitted on separate calibration runs and predicts every row
     cal = result["host_calibration"]
     assert [(r["rate"], r["config"]) for r in cal["runs"]] == [("unshaped", "fp32"), ("unshaped", "strong"),
