@@ -57,7 +57,8 @@ rates only the shaping changes (``tc qdisc replace``); Ray stays up. Besides the
 bandwidth is also measured with a plain TCP stream between hosts 0 and 1 (``bandwidth_measured_mbit``).
 
 JSON: ``{"rows": [{"bandwidth", "config", "step_s", "time_to_target_s", "final_val_loss", "bits_fwd", "bits_bwd",
-"bytes_per_step", "bytes_per_step_per_edge", "val_curve", ...}], "rates": {...}, "plans": {...}, ...}``.
+"bytes_per_step", "bytes_per_step_per_edge", "val_curve", ...}], "rates": {...}, "plans": {rate: {plan...,
+"verification": {"candidates", "chosen", "reason", "trial"} or null}}, ...}``.
 ``--plot PATH`` writes one PNG: per rate, validation loss against cumulative training time per configuration,
 and bytes per training step per edge and direction.
 """
@@ -576,6 +577,12 @@ def format_rows(result: dict[str, Any]) -> str:
             plan = result["plans"][rate]
             lines.append(f"  plan: cuts {plan['cuts']}, codecs {json.dumps(plan['codecs'])}, predicted step "
                          f"{plan.get('step_time_s', float('nan')):.3f} s")
+            if plan.get("verification"):
+                from layeredge_dist.pipeline.planning import Verification
+
+                v = plan["verification"]
+                lines.append(f"  candidates trained {v['trial']['steps']} steps in-process (gap to exact edges):")
+                lines += ["    " + t for t in Verification.from_dict(v).lines()]
     head = (f"{'bandwidth':10s} {'config':8s} {'step p50 s':>10s} {'to target s':>11s} {'final val':>9s} "
             f"{'MB/step':>8s} {'bits fwd':>8s} {'bits bwd':>8s} {'vs fp32':>8s} {'sim s':>7s} {'sim err':>7s} "
             f"{'sim(stage compute) err':>22s} {'sim host s':>10s} {'host err':>8s} {'cv err':>7s}")

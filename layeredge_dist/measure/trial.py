@@ -15,8 +15,8 @@ forward, as the pipeline evaluates), and the validation loss at the end of each.
 :func:`plan_losses` trains whole plans instead: per plan its own codec at each boundary, forward and backward at
 once, so that what a planner predicts by adding per-codec gaps can be checked against the combination itself.
 
-Cost: ``(1 + directions x codecs) x steps`` training steps of the whole model in this process. Pure torch: no
-pipeline, transport or Ray (layer rank 3).
+Cost: ``(1 + directions x codecs) x steps`` training steps of the whole model in this process (``(1 + plans) x
+steps`` for :func:`plan_losses`). Pure torch: no pipeline, transport or Ray (layer rank 3).
 """
 
 from __future__ import annotations

@@ -744,6 +744,11 @@ class Verification:
         return {"budget": self.budget, "candidates": [dict(c) for c in self.candidates], "chosen": self.chosen,
                 "reason": self.reason, "trial": dict(self.trial)}
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Verification:
+        """The inverse of :meth:`to_dict` (KeyError for a missing field)."""
+        return cls(float(d["budget"]), tuple(d["candidates"]), int(d["chosen"]), str(d["reason"]), d["trial"])
+
     def lines(self) -> list[str]:
         """One line per candidate (``*`` = chosen) and the reason, for progress output."""
         out = []

@@ -67,6 +67,20 @@ def test_target_is_fp32_at_the_fraction_and_time_to_target() -> None:
               "rows": _finish_rows([fp32, fast], s, "100mbit", 95.0)[1]}
     table = format_rows(result)
     assert "fp32" in table and "plan" in table and "1.00x" in table
+    # the plan's verification trial is listed under it, the chosen candidate starred
+    codecs = {"s0->s1": {"forward": "klt:3", "backward": "int4/rht/sr"}}
+    result["plans"] = {"100mbit": {"cuts": [2], "codecs": codecs, "step_time_s": 0.2, "verification": {
+        "budget": 0.03, "chosen": 1, "reason": "the fastest predicted candidate whose trial gap fits the budget",
+        "trial": {"steps": 60, "exact": 3.2, "losses": [3.21, 3.22]},
+        "candidates": [{"factors": [0.5, 1.0], "cuts": [2], "codecs": {"s0->s1": {"forward": "int8"}},
+                        "step_time_s": 0.3, "score": 0.01, "trial_gap": 0.01},
+                       {"factors": [2.0, 4.0], "cuts": [2], "codecs": codecs, "step_time_s": 0.2, "score": 0.05,
+                        "trial_gap": 0.02}]}}}
+    lines = format_rows(result).splitlines()
+    assert any("candidates trained 60 steps" in t for t in lines)
+    assert any(t.strip().startswith("* budget x 2,4") and "klt:3 | int4/rht/sr" in t and "+0.0200" in t
+               for t in lines)
+    assert any(t.strip().startswith("budget x 0.5,1") and "int8 | fp32" in t for t in lines)
 
 
 def test_settings_and_cli_options() -> None:
@@ -78,6 +92,8 @@ def test_settings_and_cli_options() -> None:
         E2ESettings(hosts=1)
     with pytest.raises(ValueError, match="warmup_steps"):
         E2ESettings(steps=10, warmup_steps=11)
+    with pytest.raises(ValueError, match="verify_steps"):
+        E2ESettings(verify_steps=-1)
 
 
 def test_every_configuration_trains_with_one_warmup_and_cosine_recipe_over_the_benchmark_steps() -> None:
