@@ -51,6 +51,8 @@ from layeredge_dist.plan.codec_costs import canonical_spec, is_lossless
 DEFAULT_CODECS: tuple[str, ...] = ("fp16", "bf16", "int8", "int4", "int2")
 #: Score of a codec whose trial diverged (nats; the profile's tables hold finite numbers only).
 DIVERGED_GAP = 1e3
+#: Held-out batches that score each training trial (calibration and plan verification).
+TRIAL_BATCHES = 8
 #: Timed repetitions per block (after one warm-up); the median is kept.
 DEFAULT_REPS = 5
 
@@ -227,7 +229,7 @@ def _param_bytes(part: Partition) -> int:
 def measure(cfg: RunConfig, calib_batches: int = 2, calib_steps: int = 20,
             codecs: Sequence[str] = DEFAULT_CODECS, *, reps: int = DEFAULT_REPS, threads: int | None = 1,
             sensitivity: bool = True, proxies: bool = True, optimizer: bool = False, trial_steps: int = 0,
-            trial_batches: int = 8, directions: Mapping[str, Sequence[str]] | None = None,
+            trial_batches: int = TRIAL_BATCHES, directions: Mapping[str, Sequence[str]] | None = None,
             log: Callable[[str], None] = lambda _t: None) -> Measurement:
     """Measure the profile of ``cfg``'s model (see the module docstring) and, with ``optimizer``, the optimizer
     seconds per block.
