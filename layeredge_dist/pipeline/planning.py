@@ -719,6 +719,8 @@ def choose_plan(profile: ModelProfile, nodes: int, cluster: Any, candidates: Seq
 
 #: Budget multiples whose plans :func:`choose_verified_plan` trains side by side (1 = the plan of the budget itself).
 VERIFY_FACTORS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+#: The negative control of a verification trial: a codec whose own cost is negligible (bf16: relative error ~4e-3).
+VERIFY_CONTROL = "bf16"
 
 
 @dataclass(frozen=True)
@@ -732,7 +734,12 @@ class Verification:
             (measured, nats; None when training diverged)}``, in the order of the smallest factor.
         chosen: index into ``candidates``.
         reason: why that one.
-        trial: the trial's plain data (:meth:`~layeredge_dist.measure.trial.PlanTrialResult.to_dict`).
+        trial: the trial's plain data (:meth:`~layeredge_dist.measure.trial.PlanTrialResult.to_dict`; the
+            controls' losses follow the candidates').
+        controls: per distinct cuts of the candidates ``{"cuts", "codec", "trial_gap"}``: the control codec on
+            every edge and direction, trained the same way.
+        noise: the largest control gap in absolute value (nats; inf when a control diverged, 0 without
+            controls): how far the trial moves the loss for a perturbation that costs nothing by itself.
     """
 
     budget: float
@@ -740,53 +747,70 @@ class Verification:
     chosen: int
     reason: str
     trial: Mapping[str, Any]
+    controls: tuple[Mapping[str, Any], ...] = ()
+    noise: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible."""
         return {"budget": self.budget, "candidates": [dict(c) for c in self.candidates], "chosen": self.chosen,
-                "reason": self.reason, "trial": dict(self.trial)}
+                "reason": self.reason, "trial": dict(self.trial), "controls": [dict(c) for c in self.controls],
+                "noise": self.noise if math.isfinite(self.noise) else None}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Verification:
         """The inverse of :meth:`to_dict` (KeyError for a missing field)."""
-        return cls(float(d["budget"]), tuple(d["candidates"]), int(d["chosen"]), str(d["reason"]), d["trial"])
+        noise = d.get("noise", 0.0)
+        return cls(float(d["budget"]), tuple(d["candidates"]), int(d["chosen"]), str(d["reason"]), d["trial"],
+                   tuple(d.get("controls", ())), math.inf if noise is None else float(noise))
 
     def lines(self) -> list[str]:
-        """One line per candidate (``*`` = chosen) and the reason, for progress output."""
+        """One line per candidate (``*`` = chosen) and control, and the reason, for progress output."""
+        def gap(v: float | None) -> str:
+            return "diverged" if v is None else f"{v:+.4f}"
+
         out = []
         for i, c in enumerate(self.candidates):
-            gap = "diverged" if c["trial_gap"] is None else f"{c['trial_gap']:+.4f}"
             codecs = ", ".join(f"{e} {v.get('forward', 'fp32')} | {v.get('backward', 'fp32')}"
                                for e, v in c["codecs"].items())
             out.append(f"{'*' if i == self.chosen else ' '} budget x {','.join(f'{f:g}' for f in c['factors'])}: "
                        f"cuts {c['cuts']}, {codecs}; predicted {c['step_time_s']:.4g} s, additive score "
-                       f"{c['score']:.4f}, trial gap {gap}")
+                       f"{c['score']:.4f}, trial gap {gap(c['trial_gap'])}")
+        out += [f"  control: cuts {c['cuts']}, {c['codec']} everywhere, trial gap {gap(c['trial_gap'])}"
+                for c in self.controls]
         return out + [f"chosen: {self.reason} (budget {self.budget:g} nats)"]
 
 
 def choose_verified_plan(profile: ModelProfile, nodes: int, cluster: Any, candidates: Sequence[str], *,
                          budget: float, verify: Callable[[Sequence[Any]], Any],
-                         factors: Sequence[float] = VERIFY_FACTORS, schedule: str = "1f1b",
-                         score: str = "sensitivity", speeds: Any = None) -> tuple[Any, dict[str, Baseline],
-                                                                                  Verification]:
+                         factors: Sequence[float] = VERIFY_FACTORS, control: str | None = VERIFY_CONTROL,
+                         schedule: str = "1f1b", score: str = "sensitivity",
+                         speeds: Any = None) -> tuple[Any, dict[str, Baseline], Verification]:
     """The fastest plan whose *measured* joint trial gap fits ``budget``, among the plans the additive planner
-    makes at ``budget x factors``.
+    makes at ``budget x factors`` -- when the trial can resolve the budget at all.
 
     :func:`choose_plan` holds the *sum* of per-codec, per-direction trial gaps to the budget. Codec errors do not
     add up like that (measured on the demo: ``klt:3`` forward alone +0.056 nats after 60 trial steps,
     ``int4/rht/sr`` backward alone -0.006, the two together -0.090), so the sum can rule out a plan that trains
-    as well as the one it keeps, or let through one that does not. Here :func:`choose_plan` runs at each budget
-    multiple (tighter and looser plans), ``verify`` trains every distinct plan with all its codecs in place
-    (:func:`trial_plans`; it returns a :class:`~layeredge_dist.measure.trial.PlanTrialResult`), and the fastest
-    predicted plan whose gap is within ``budget`` is chosen (ties: the smaller gap); when none fits, the one
-    with the smallest gap. A single trial's gap carries the training noise of one seed (on the demo about as
-    large as a 0.03-nat budget), so this replaces a biased estimate by a direct, still noisy, measurement.
+    as well as the one it keeps. Here :func:`choose_plan` runs at each budget multiple (tighter and looser
+    plans), and ``verify`` trains every distinct plan with all its codecs in place (:func:`trial_plans`; it
+    returns a :class:`~layeredge_dist.measure.trial.PlanTrialResult`), followed by a negative control per
+    distinct cuts: ``control`` (bf16) on every edge and direction, a perturbation that costs nothing by itself.
 
-    Returns ``(plan, baselines of choose_plan at budget x 1, Verification)``; the plan's ``budget`` is
-    ``budget`` and a note records the trial. ValueError for a negative budget, or ``factors`` without 1 or with
-    a non-positive entry.
+    - If a control moves the loss by more than ``budget`` (in either direction), the trial's noise -- how much
+      any perturbation shifts a short, chaotic training run -- exceeds what it is asked to resolve, and a
+      fastest-that-fits choice would pick whichever aggressive candidate drew a lucky gap (measured on the demo
+      with a 150-step recipe: bf16 +0.158, and the candidate that then won, int8 | int8, trained 13 % worse over
+      the run). The additive plan (``budget x 1``) is kept.
+    - Else the fastest predicted candidate whose gap is within ``budget`` (ties: the smaller gap); when none
+      fits, the one with the smallest gap.
+
+    ``control=None`` skips the control (noise 0). Returns ``(plan, baselines of choose_plan at budget x 1,
+    Verification)``; the plan's ``budget`` is ``budget`` and a note records the trial. ValueError for a negative
+    budget, or ``factors`` without 1 or with a non-positive entry.
     """
     import json
+
+    from layeredge_dist.plan import make_plan
 
     if not budget >= 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
@@ -796,36 +820,50 @@ def choose_verified_plan(profile: ModelProfile, nodes: int, cluster: Any, candid
     sources: list[list[float]] = []
     seen: dict[tuple[Any, ...], int] = {}
     baselines: dict[str, Baseline] = {}
+    additive = 0
     for f in sorted(set(factors)):
         plan, base = choose_plan(profile, nodes, cluster, candidates, budget=budget * f, schedule=schedule,
                                  score=score, speeds=speeds)
-        if f == 1.0:
-            baselines = base
         key = (tuple(plan.cuts), json.dumps(plan.codecs_dict(), sort_keys=True))
-        if key in seen:
-            sources[seen[key]].append(f)
-            continue
-        seen[key] = len(plans)
-        plans.append(plan)
-        sources.append([f])
-    result = verify(plans)
+        if key not in seen:
+            seen[key] = len(plans)
+            plans.append(plan)
+            sources.append([])
+        sources[seen[key]].append(f)
+        if f == 1.0:
+            baselines, additive = base, seen[key]
+    control_cuts = list(dict.fromkeys(tuple(p.cuts) for p in plans)) if control is not None else []
+    controls = [make_plan(profile, cuts, control, cluster, schedule=schedule, speeds=speeds)
+                for cuts in control_cuts]
+    result = verify(plans + controls)
     gaps = [result.gap(i) for i in range(len(plans))]
+    control_gaps = [result.gap(len(plans) + i) for i in range(len(controls))]
+    noise = max((abs(g) for g in control_gaps), default=0.0)
     fits = [i for i, g in enumerate(gaps) if g <= budget * (1 + 1e-9)]
-    if fits:
+    if noise > budget * (1 + 1e-9):
+        chosen = additive
+        reason = (f"the control ({control} everywhere) moved the loss by {noise:.4f} nats, more than the budget: "
+                  "the trial cannot resolve it, so the additive plan is kept")
+    elif fits:
         chosen = min(fits, key=lambda i: (plans[i].step_time_s, gaps[i]))
         reason = "the fastest predicted candidate whose trial gap fits the budget"
     else:
         chosen = min(range(len(plans)), key=lambda i: (gaps[i], plans[i].step_time_s))
         reason = "no candidate's trial gap fits the budget: the smallest gap"
+
+    def fin(v: float) -> float | None:
+        return v if math.isfinite(v) else None
+
     rows = tuple({"factors": sources[i], "cuts": list(p.cuts), "codecs": p.codecs_dict(),
-                  "step_time_s": p.step_time_s, "score": p.total_sensitivity,
-                  "trial_gap": gaps[i] if math.isfinite(gaps[i]) else None} for i, p in enumerate(plans))
+                  "step_time_s": p.step_time_s, "score": p.total_sensitivity, "trial_gap": fin(gaps[i])}
+                 for i, p in enumerate(plans))
+    ctl = tuple({"cuts": list(c), "codec": control, "trial_gap": fin(g)} for c, g in zip(control_cuts, control_gaps))
     best = plans[chosen]
-    note = (f"verified by a {result.steps}-step trial with all codecs in place: gap {gaps[chosen]:+.4f} nats "
-            f"(budget {budget:g}; additive score {best.total_sensitivity:.4f}); {len(plans)} candidate(s) from "
-            f"budget x {', '.join(f'{f:g}' for f in sorted(set(factors)))}")
+    note = (f"checked by a {result.steps}-step trial with all codecs in place: gap {gaps[chosen]:+.4f} nats "
+            f"(budget {budget:g}; additive score {best.total_sensitivity:.4f}; control noise {noise:.4f}); "
+            f"{len(plans)} candidate(s) from budget x {', '.join(f'{f:g}' for f in sorted(set(factors)))}")
     best = replace(best, budget=budget, notes=tuple(best.notes) + (note,))
-    return best, baselines, Verification(budget, rows, chosen, reason, result.to_dict())
+    return best, baselines, Verification(budget, rows, chosen, reason, result.to_dict(), ctl, noise)
 
 
 def plot_plan(plan: Any, profile: ModelProfile, cluster: Any, baselines: dict[str, Baseline], path: str,

@@ -252,7 +252,8 @@ def _toy_profile() -> ModelProfile:
 
 def test_choose_verified_plan_holds_the_measured_gap_to_the_budget() -> None:
     """Candidates come from budget x factors; the fastest whose trial gap fits wins even when its additive score
-    does not; when the additive plan fails its trial a tighter one is taken; when none fits, the smallest gap."""
+    does not; when the additive plan fails its trial a tighter one is taken; when none fits, the smallest gap;
+    when the bf16 control moves the loss by more than the budget, the additive plan is kept."""
     from layeredge_dist.pipeline.planning import choose_plan, choose_verified_plan
 
     prof = _toy_profile()
@@ -268,19 +269,26 @@ def test_choose_verified_plan_holds_the_measured_gap_to_the_budget() -> None:
     def n_int4(p: Any) -> int:
         return sum(v["forward"] == "int4" for v in p.codecs_dict().values())
 
+    def is_control(p: Any) -> bool:
+        return all(v == {"forward": "bf16", "backward": "bf16"} for v in p.codecs_dict().values())
+
     plan, baselines, ver = choose_verified_plan(prof, 3, "10Mbit", ["int8", "int4"], budget=0.03,
                                                 verify=verify_with(lambda p: 0.01 - 0.001 * n_int4(p)))
-    cands = seen[-1]
-    assert len(cands) == len(ver.candidates) >= 3  # distinct plans only; 0.5, 1, 2, 4 x the budget
+    cands = seen[-1][:len(ver.candidates)]
+    assert len(ver.candidates) >= 3  # distinct plans only; 0.5, 1, 2, 4 x the budget
+    # then one bf16 control per distinct cuts, trained the same way
+    assert [is_control(p) for p in seen[-1]] == [False] * len(cands) + [True] * len(ver.controls)
+    assert {tuple(c["cuts"]) for c in ver.controls} == {tuple(p.cuts) for p in cands}
+    assert ver.noise == pytest.approx(0.01)
     assert sorted(f for c in ver.candidates for f in c["factors"]) == [0.5, 1.0, 2.0, 4.0]
     fastest = min(cands, key=lambda p: p.step_time_s)
     assert plan.cuts == fastest.cuts and plan.codecs_dict() == fastest.codecs_dict()
     assert n_int4(plan) == 2 and plan.total_sensitivity > 0.031 and base.total_sensitivity < 0.0301  # the sum said no
-    assert plan.budget == 0.03 and "verified by a 7-step trial" in plan.notes[-1]
+    assert plan.budget == 0.03 and "checked by a 7-step trial" in plan.notes[-1]
     assert baselines["fp32"].step_time_s > plan.step_time_s
     assert ver.candidates[ver.chosen]["trial_gap"] == pytest.approx(0.008)
-    assert any(line.startswith("*") for line in ver.lines())
-    json.dumps(ver.to_dict())
+    assert any(line.startswith("*") for line in ver.lines()) and any("control" in t for t in ver.lines())
+    assert type(ver).from_dict(json.loads(json.dumps(ver.to_dict()))) == ver
 
     # the additive plan (and everything faster) fails its trial: the tighter candidate is taken
     tight = seen[-1][0]  # budget x 0.5
@@ -289,8 +297,19 @@ def test_choose_verified_plan_holds_the_measured_gap_to_the_budget() -> None:
     assert plan.codecs_dict() == tight.codecs_dict() and "fits the budget" in ver.reason
     # nothing fits: the smallest measured gap, and the reason says so
     plan, _, ver = choose_verified_plan(prof, 3, "10Mbit", ["int8", "int4"], budget=0.03,
-                                        verify=verify_with(lambda p: 1.0 + n_int4(p)))
+                                        verify=verify_with(lambda p: 0.0 if is_control(p) else 1.0 + n_int4(p)))
     assert n_int4(plan) == 0 and ver.reason.startswith("no candidate")
+    # a noisy trial (the control alone moves the loss by more than the budget): the additive plan stays,
+    # although a faster candidate measured within the budget
+    plan, _, ver = choose_verified_plan(prof, 3, "10Mbit", ["int8", "int4"], budget=0.03,
+                                        verify=verify_with(lambda p: -0.05 if is_control(p) else 0.03 - n_int4(p)))
+    assert plan.codecs_dict() == base.codecs_dict() and plan.cuts == base.cuts
+    assert ver.noise == pytest.approx(0.05) and "cannot resolve" in ver.reason
+    # without a control nothing is added and the fastest fitting candidate wins
+    plan, _, ver = choose_verified_plan(prof, 3, "10Mbit", ["int8", "int4"], budget=0.03, control=None,
+                                        verify=verify_with(lambda p: 0.03 - n_int4(p)))
+    assert not ver.controls and ver.noise == 0.0 and n_int4(plan) == 2
+    assert len(seen[-1]) == len(ver.candidates)
     with pytest.raises(ValueError, match="include 1"):
         choose_verified_plan(prof, 3, "10Mbit", ["int8"], budget=0.03, verify=verify_with(lambda p: 0.0),
                              factors=(0.5, 2.0))
@@ -304,7 +323,8 @@ def test_plan_verify_steps_trains_the_candidates(capsys: pytest.CaptureFixture[s
     doc = _doc(capsys, ["plan", *TINY, "--json", "--nodes", "2", "--bandwidth", "10Mbit", "--codecs", "int8,int2",
                         "--budget", "0.05", "--trial-steps", "4", "--calib-steps", "3", "--verify-steps", "4"])
     ver = doc["verification"]
-    assert ver["trial"]["steps"] == 4 and len(ver["trial"]["losses"]) == len(ver["candidates"]) >= 1
+    assert ver["trial"]["steps"] == 4 and len(ver["candidates"]) >= 1
+    assert len(ver["trial"]["losses"]) == len(ver["candidates"]) + len(ver["controls"])  # + one bf16 control
     chosen = ver["candidates"][ver["chosen"]]
     assert chosen["codecs"] == doc["plan"]["codecs"] and chosen["cuts"] == doc["plan"]["cuts"]
     if ver["reason"].startswith("the fastest"):
