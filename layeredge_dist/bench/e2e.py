@@ -18,7 +18,8 @@ c. ``plan``: the planner's plan (:func:`layeredge_dist.pipeline.planning.choose_
    transport probe (``Pipeline.probe_links``: bandwidth and RTT of every stage-to-stage link). With
    ``--verify-steps N`` (default 60) the driver then trains the plans the planner makes at the budget x 0.5, 1, 2
    and 4 in-process, each with all its codecs in place, for N steps from the calibration point, and takes the
-   fastest predicted one whose measured gap fits the budget
+   fastest predicted one whose measured gap fits the budget -- unless a negative control (bf16 on every edge)
+   moves the loss by more than the budget, when the trial cannot resolve it and the additive plan is kept
    (:func:`~layeredge_dist.pipeline.planning.choose_verified_plan`): the per-codec gaps do not add up;
 d. ``strong``: a fixed aggressive configuration, forward ``--strong-forward`` (default ``klt:3``: transform coding
    at 3 bits per element) and backward ``--strong-backward`` (default ``int4/rht/sr``: rotated 4-bit with unbiased
@@ -179,8 +180,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "that stall training)")
     p.add_argument("--verify-steps", type=int, default=d.verify_steps, metavar="N",
                    help=f"train the plans made at the budget x 0.5, 1, 2, 4 for N steps each with all their codecs "
-                   f"in place and keep the fastest whose measured gap fits the budget (default {d.verify_steps}; 0 = "
-                   "the additive plan as is; needs a budget)")
+                   f"in place and keep the fastest whose measured gap fits the budget, unless a bf16 control moves the "
+                   f"loss by more than the budget (default {d.verify_steps}; 0 = the additive plan as is; needs a "
+                   "budget)")
     p.add_argument("--trial-batches", type=int, default=d.trial_batches,
                    help=f"validation batches scoring each trial (default {d.trial_batches})")
     p.add_argument("--codecs", default=",".join(d.candidates),

@@ -84,7 +84,8 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify-steps", type=int, default=0, metavar="N",
                    help="check the plan by training: the plans made at --budget x 0.5, 1, 2, 4 are each trained N "
                    "in-process steps with all their codecs in place (from the --calib-steps point) and the fastest "
-                   "whose measured validation-loss gap fits --budget is kept (default 0: the additive plan; needs "
+                   "whose measured validation-loss gap fits --budget is kept, unless a bf16 control run moves the "
+                   "loss by more than --budget (then the additive plan is kept) (default 0: the additive plan; needs "
                    "--budget, best with --trial-steps so that the budget is in nats; not with --what-if)")
     p.add_argument("--plot", metavar="PATH", default=None, help="write a timeline and bytes-per-link PNG here")
     p.set_defaults(func=run_plan)
