@@ -741,12 +741,8 @@ def _choose_plan(profile_dict: dict[str, Any] | None, cfg: Any, cluster: Any, s:
     candidates = list(dict.fromkeys([*s["candidates"], *s["backward_candidates"]]))
     verification = None
     if s.get("verify_steps", 0) and s["budget"] is not None:
-        steps = int(s["verify_steps"])
-
-        def verify(plans: Any) -> Any:
-            log(f"  verifying {len(plans)} candidate plan(s): {steps} in-process training steps each (1 thread) ...")
-            return planning.trial_plans(cfg, plans, int(s["calib_steps"]), steps, int(s["trial_batches"]), log=log)
-
+        verify = planning.trial_verifier(cfg, int(s["calib_steps"]), int(s["verify_steps"]), int(s["trial_batches"]),
+                                         log=log)
         plan, base, ver = planning.choose_verified_plan(profile, cfg.pipeline.stages, cluster, candidates,
                                                         budget=s["budget"], verify=verify,
                                                         schedule=cfg.pipeline.schedule, speeds=speeds)

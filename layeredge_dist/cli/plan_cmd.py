@@ -233,11 +233,7 @@ def run_plan(args: argparse.Namespace) -> int:
     verification = None
     try:
         if args.verify_steps:
-            def verify(plans: Any) -> Any:
-                log(f"verifying {len(plans)} candidate plan(s): {args.verify_steps} in-process training steps each")
-                return planning.trial_plans(cfg, plans, args.calib_steps, args.verify_steps,
-                                            planning.TRIAL_BATCHES, log=log)
-
+            verify = planning.trial_verifier(cfg, args.calib_steps, args.verify_steps, log=log)
             plan, baselines, verification = planning.choose_verified_plan(
                 profile, nodes, cluster, codecs, budget=args.budget, verify=verify,
                 schedule=cfg.pipeline.schedule, score=args.score)

@@ -39,6 +39,11 @@ MicroBatches = tuple[Sequence[torch.Tensor], Sequence[Side]]
 DIRECTIONS = ("forward", "backward")
 
 
+def finite_or_none(v: float) -> float | None:
+    """``v``, or None when it is not finite (a diverged run's loss in JSON)."""
+    return v if math.isfinite(v) else None
+
+
 @dataclass(frozen=True)
 class TrialResult:
     """Validation losses (nats) after ``steps`` training steps: ``exact`` with exact edges and ``losses[direction]
@@ -59,11 +64,10 @@ class TrialResult:
 
     def to_dict(self) -> dict[str, object]:
         """Plain data (JSON-compatible; non-finite losses as None)."""
-        def fin(v: float) -> float | None:
-            return v if math.isfinite(v) else None
+        def plain(table: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float | None]]:
+            return {d: {s: finite_or_none(v) for s, v in per.items()} for d, per in table.items()}
         return {"steps": self.steps, "exact": self.exact, "exact_train": self.exact_train,
-                "losses": {d: {s: fin(v) for s, v in per.items()} for d, per in self.losses.items()},
-                "train_losses": {d: {s: fin(v) for s, v in per.items()} for d, per in self.train_losses.items()}}
+                "losses": plain(self.losses), "train_losses": plain(self.train_losses)}
 
 
 class _EdgeCodec:
@@ -184,10 +188,7 @@ def trial_losses(parts: Sequence[Partition],
     Raises ValueError for empty inputs, an unknown direction or fewer than two partitions; CodecError for a bad
     spec.
     """
-    if len(parts) < 2:
-        raise ValueError(f"a trial needs at least one cut (two partitions), got {len(parts)}")
-    if not step_batches or not val_batches:
-        raise ValueError("a trial needs at least one training step and one validation batch")
+    _check_inputs(parts, step_batches, val_batches)
     per_dir = ({d: list(v) for d, v in specs.items()} if isinstance(specs, Mapping)
                else {d: list(specs) for d in directions})
     bad = [d for d in per_dir if d not in DIRECTIONS]
@@ -240,10 +241,9 @@ class PlanTrialResult:
 
     def to_dict(self) -> dict[str, object]:
         """Plain data (JSON-compatible; non-finite losses as None)."""
-        def fin(v: float) -> float | None:
-            return v if math.isfinite(v) else None
         return {"steps": self.steps, "exact": self.exact, "exact_train": self.exact_train,
-                "losses": [fin(v) for v in self.losses], "train_losses": [fin(v) for v in self.train_losses]}
+                "losses": [finite_or_none(v) for v in self.losses],
+                "train_losses": [finite_or_none(v) for v in self.train_losses]}
 
 
 def plan_losses(parts: Sequence[Partition],
@@ -267,10 +267,7 @@ def plan_losses(parts: Sequence[Partition],
     Raises ValueError for empty inputs, fewer than two partitions or a boundary outside ``0..len(parts) - 2``;
     CodecError for a bad spec (before any training).
     """
-    if len(parts) < 2:
-        raise ValueError(f"a trial needs at least one cut (two partitions), got {len(parts)}")
-    if not step_batches or not val_batches:
-        raise ValueError("a trial needs at least one training step and one validation batch")
+    _check_inputs(parts, step_batches, val_batches)
     for i, plan in enumerate(plans):
         bad = [k for k in plan if not 0 <= k < len(parts) - 1]
         if bad:
@@ -293,6 +290,15 @@ def plan_losses(parts: Sequence[Partition],
     finally:
         runner.restore()
     return PlanTrialResult(len(step_batches), exact, tuple(losses), exact_train, tuple(trains))
+
+
+def _check_inputs(parts: Sequence[Partition], step_batches: Sequence[MicroBatches],
+                  val_batches: Sequence[tuple[torch.Tensor, Side]]) -> None:
+    """ValueError unless there is a cut, a training step and a validation batch."""
+    if len(parts) < 2:
+        raise ValueError(f"a trial needs at least one cut (two partitions), got {len(parts)}")
+    if not step_batches or not val_batches:
+        raise ValueError("a trial needs at least one training step and one validation batch")
 
 
 class _Runner:

@@ -42,6 +42,7 @@ import torch
 
 from layeredge_dist.config import RunConfig
 from layeredge_dist.measure import chain_proxies, edge_sensitivity
+from layeredge_dist.measure.trial import finite_or_none
 from layeredge_dist.model import (Partition, build_partition, family_for, partition_specs, split_batch,
                                   stage_backward, stage_forward, train_chain)
 from layeredge_dist.plan import BlockCost, ModelProfile
@@ -341,6 +342,16 @@ def _trial_inputs(cfg: RunConfig, calib_steps: int, trial_steps: int, trial_batc
     val = [(x[0], side[0]) for x, side in (split_batch(b, 1) for b in workload.val_batches(trial_batches))]
     # every trial continues the schedule where the calibration training left it
     return model, cuts, parts, functools.partial(base.optimizer.build, start_step=calib_steps), steps, val
+
+
+def trial_verifier(cfg: RunConfig, calib_steps: int, trial_steps: int, trial_batches: int = TRIAL_BATCHES,
+                   log: Callable[[str], None] = lambda _t: None) -> Callable[[Sequence[Any]], Any]:
+    """The ``verify`` argument of :func:`choose_verified_plan` for ``cfg``'s model: :func:`trial_plans` with
+    these settings, announcing each call on ``log``."""
+    def verify(plans: Sequence[Any]) -> Any:
+        log(f"verifying {len(plans)} plan(s): {trial_steps} in-process training steps each (1 thread) ...")
+        return trial_plans(cfg, plans, calib_steps, trial_steps, trial_batches, log=log)
+    return verify
 
 
 def trial_plans(cfg: RunConfig, plans: Sequence[Any], calib_steps: int, trial_steps: int, trial_batches: int,
@@ -754,7 +765,7 @@ class Verification:
         """JSON-compatible."""
         return {"budget": self.budget, "candidates": [dict(c) for c in self.candidates], "chosen": self.chosen,
                 "reason": self.reason, "trial": dict(self.trial), "controls": [dict(c) for c in self.controls],
-                "noise": self.noise if math.isfinite(self.noise) else None}
+                "noise": finite_or_none(self.noise)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Verification:
@@ -851,13 +862,11 @@ def choose_verified_plan(profile: ModelProfile, nodes: int, cluster: Any, candid
         chosen = min(range(len(plans)), key=lambda i: (gaps[i], plans[i].step_time_s))
         reason = "no candidate's trial gap fits the budget: the smallest gap"
 
-    def fin(v: float) -> float | None:
-        return v if math.isfinite(v) else None
-
     rows = tuple({"factors": sources[i], "cuts": list(p.cuts), "codecs": p.codecs_dict(),
-                  "step_time_s": p.step_time_s, "score": p.total_sensitivity, "trial_gap": fin(gaps[i])}
+                  "step_time_s": p.step_time_s, "score": p.total_sensitivity, "trial_gap": finite_or_none(gaps[i])}
                  for i, p in enumerate(plans))
-    ctl = tuple({"cuts": list(c), "codec": control, "trial_gap": fin(g)} for c, g in zip(control_cuts, control_gaps))
+    ctl = tuple({"cuts": list(c), "codec": control, "trial_gap": finite_or_none(g)}
+                for c, g in zip(control_cuts, control_gaps))
     best = plans[chosen]
     note = (f"checked by a {result.steps}-step trial with all codecs in place: gap {gaps[chosen]:+.4f} nats "
             f"(budget {budget:g}; additive score {best.total_sensitivity:.4f}; control noise {noise:.4f}); "
