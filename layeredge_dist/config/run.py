@@ -120,7 +120,8 @@ class DataConfig(_Section):
     )
     seed: int = field(
         default=0,
-        metadata={"help": "batch sampling seed; the batch of step s is a pure function of (seed, s); integer >= 0"},
+        metadata={"help": "batch sampling seed; the batch of step s is a pure function of (seed, s); also seeds the "
+                          "draws of randomized codecs (/rht, /sr) per frame; integer >= 0"},
     )
 
     def _validate(self) -> None:

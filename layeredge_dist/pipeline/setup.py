@@ -63,7 +63,7 @@ def stage_spec(cfg: RunConfig, token: str | None = None) -> StageSpec:
         transport=transport(cfg, token), recv_timeout_s=cfg.transport.recv_timeout_s,
         device="auto" if cfg.cluster.gpus_per_stage > 0 else "cpu", metrics=cfg.metrics.port is not None,
         proxy_every=cfg.metrics.proxy_every, proxy_codecs=tuple(cfg.metrics.proxy_codecs),
-        error_budget=cfg.metrics.error_budget,
+        error_budget=cfg.metrics.error_budget, codec_seed=cfg.data.seed,
     )
 
 

@@ -4,10 +4,15 @@ Both stages and the driver ("host") use an :class:`Endpoint`. A tensor is sent a
 ``(edge, role, seq, wire micro-batch)``; ``seq`` numbers every pipeline call (training step, evaluation or
 inference batch) and only grows, so frames left over from an aborted call are recognised as stale and dropped.
 Frames that arrive before they are wanted are stashed until asked for.
+
+Randomized codecs (``/rht`` rotations, ``/sr`` rounding noise, ``randk``) draw from a generator seeded per frame
+(:func:`frame_seed`: a pure function of the endpoint's ``codec_seed``, the edge, the role, ``seq`` and the wire
+micro-batch), so a run repeated with the same seed, batches and call sequence sends the same bits.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
@@ -38,6 +43,12 @@ _POLL_S = 0.25  # how often a blocked receive checks for an abort or a dead peer
 ERROR_SAMPLE_EVERY = 16
 
 
+def frame_seed(codec_seed: int, e: EdgeId, role: TensorRole, seq: int, wire_mb: int) -> int:
+    """The 63-bit seed of the generator a randomized codec draws from for frame ``(e, role, seq, wire_mb)``."""
+    digest = hashlib.sha256(f"frame/{codec_seed}/{e}/{role.value}/{seq}/{wire_mb}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
 def _storage_ptr(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
@@ -45,13 +56,16 @@ def _storage_ptr(t: torch.Tensor) -> int:
 class Endpoint:
     """Edge transport of stage ``index`` (the host uses index ``num_stages``).
 
-    ``bind`` is the ``host`` part of the server address (port chosen freely). Raises OSError when the server
-    cannot bind. Not thread-safe except :meth:`abort`, which may be called from any thread.
+    ``bind`` is the ``host`` part of the server address (port chosen freely). ``codec_seed`` seeds the draws of
+    randomized codecs per frame (:func:`frame_seed`; generated on the CPU, so a frame's draws do not depend on the
+    device); None draws from torch's global RNG. Raises OSError when the server cannot bind. Not thread-safe
+    except :meth:`abort`, which may be called from any thread.
     """
 
     def __init__(self, index: int, transport: TransportConfig, bind: str = "127.0.0.1",
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, codec_seed: int | None = None) -> None:
         self.index = index
+        self.codec_seed = codec_seed
         self.meter = EdgeMeter(metrics)
         self.metrics = metrics
         self._sent_frames: dict[tuple[EdgeId, TensorRole], int] = {}
@@ -114,19 +128,27 @@ class Endpoint:
             codec = self._codecs[spec] = parse_any(spec)
         return codec
 
-    def _encode(self, spec: str, x: torch.Tensor, key: Hashable):  # type: ignore[no-untyped-def]
+    def _generator(self, e: EdgeId, role: TensorRole, seq: int, wire_mb: int) -> torch.Generator | None:
+        if self.codec_seed is None:
+            return None
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(frame_seed(self.codec_seed, e, role, seq, wire_mb))
+        return gen
+
+    def _encode(self, spec: str, x: torch.Tensor, key: Hashable,  # type: ignore[no-untyped-def]
+                generator: torch.Generator | None):
         codec = self._codec(spec)
         if isinstance(codec, ErrorFeedback):
             state = self._ef.get(key)
             if state is None:
                 state = self._ef[key] = codec.new_state()
-            return codec.encode(x, state)
+            return codec.encode(x, state, generator=generator)
         if isinstance(codec, DeltaCodec):
             dstate = self._delta.get(("send", spec, key))
             if dstate is None:
                 dstate = self._delta[("send", spec, key)] = codec.new_state()
-            return codec.encode(x, dstate, key)
-        return codec.encode(x)  # type: ignore[attr-defined]
+            return codec.encode(x, dstate, key, generator=generator)
+        return codec.encode(x, generator=generator)  # type: ignore[attr-defined]
 
     def _decode(self, frame: Frame, key: Hashable) -> torch.Tensor:
         spec = frame.header.codec
@@ -150,7 +172,7 @@ class Endpoint:
         """
         e = edge(self.index, dst)
         t0 = time.perf_counter()
-        enc = self._encode(spec, x, (e, role, wire_mb))
+        enc = self._encode(spec, x, (e, role, wire_mb), self._generator(e, role, seq, wire_mb))
         frame = frame_from_encoded(enc, e, role, seq, wire_mb)
         self.meter.coded(e, role, Direction.SEND, spec, x.numel(), x.numel() * x.element_size(),
                          time.perf_counter() - t0)

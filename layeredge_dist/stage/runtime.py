@@ -124,7 +124,7 @@ class Stage:
         self.optimizer = self._build_optimizer()
         self.metrics = Metrics() if spec.metrics else None
         self.exporter = start_exporter(self.metrics, bind, 0) if self.metrics is not None else None
-        self.endpoint = Endpoint(spec.index, spec.transport, bind, self.metrics)
+        self.endpoint = Endpoint(spec.index, spec.transport, bind, self.metrics, codec_seed=spec.codec_seed)
         if self.metrics is not None and spec.error_budget is not None:
             for dst, direction in ((spec.index + 1, "forward"), (spec.index - 1, "backward")):
                 if 0 <= dst < spec.num_stages:
