@@ -57,8 +57,8 @@ class Endpoint:
     """Edge transport of stage ``index`` (the host uses index ``num_stages``).
 
     ``bind`` is the ``host`` part of the server address (port chosen freely). ``codec_seed`` seeds the draws of
-    randomized codecs per frame (:func:`frame_seed`; generated on the CPU, so a frame's draws do not depend on the
-    device); None draws from torch's global RNG. Raises OSError when the server cannot bind. Not thread-safe
+    randomized codecs per frame (:func:`frame_seed`; a generator on the tensor's device, so a CPU and a GPU run
+    of one seed draw differently); None draws from torch's global RNG. Raises OSError when the server cannot bind. Not thread-safe
     except :meth:`abort`, which may be called from any thread.
     """
 
@@ -128,10 +128,11 @@ class Endpoint:
             codec = self._codecs[spec] = parse_any(spec)
         return codec
 
-    def _generator(self, e: EdgeId, role: TensorRole, seq: int, wire_mb: int) -> torch.Generator | None:
+    def _generator(self, e: EdgeId, role: TensorRole, seq: int, wire_mb: int,
+                   device: torch.device) -> torch.Generator | None:
         if self.codec_seed is None:
             return None
-        gen = torch.Generator(device="cpu")
+        gen = torch.Generator(device=device)  # on the tensor's device: no host-side noise to copy over
         gen.manual_seed(frame_seed(self.codec_seed, e, role, seq, wire_mb))
         return gen
 
@@ -172,7 +173,7 @@ class Endpoint:
         """
         e = edge(self.index, dst)
         t0 = time.perf_counter()
-        enc = self._encode(spec, x, (e, role, wire_mb), self._generator(e, role, seq, wire_mb))
+        enc = self._encode(spec, x, (e, role, wire_mb), self._generator(e, role, seq, wire_mb, x.device))
         frame = frame_from_encoded(enc, e, role, seq, wire_mb)
         self.meter.coded(e, role, Direction.SEND, spec, x.numel(), x.numel() * x.element_size(),
                          time.perf_counter() - t0)
