@@ -12,7 +12,6 @@ micro-batch), so a run repeated with the same seed, batches and call sequence se
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
@@ -23,6 +22,7 @@ import torch
 from layeredge_dist.codecs import parse_any
 from layeredge_dist.metrics import Metrics
 from layeredge_dist.metrics.labels import UNKNOWN_EDGE
+from layeredge_dist.model.partition import derived_seed
 from layeredge_dist.codecs.stateful import DeltaCodec, DeltaState, EFState, ErrorFeedback
 from layeredge_dist.transport import (
     DeadlineExceeded,
@@ -45,8 +45,7 @@ ERROR_SAMPLE_EVERY = 16
 
 def frame_seed(codec_seed: int, e: EdgeId, role: TensorRole, seq: int, wire_mb: int) -> int:
     """The 63-bit seed of the generator a randomized codec draws from for frame ``(e, role, seq, wire_mb)``."""
-    digest = hashlib.sha256(f"frame/{codec_seed}/{e}/{role.value}/{seq}/{wire_mb}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return derived_seed(codec_seed, f"frame/{e}/{role.value}/{seq}/{wire_mb}")
 
 
 def _storage_ptr(t: torch.Tensor) -> int:
@@ -58,14 +57,15 @@ class Endpoint:
 
     ``bind`` is the ``host`` part of the server address (port chosen freely). ``codec_seed`` seeds the draws of
     randomized codecs per frame (:func:`frame_seed`; a generator on the tensor's device, so a CPU and a GPU run
-    of one seed draw differently); None draws from torch's global RNG. Raises OSError when the server cannot bind. Not thread-safe
-    except :meth:`abort`, which may be called from any thread.
+    of one seed draw differently); None draws from torch's global RNG. Raises OSError when the server cannot
+    bind. Not thread-safe except :meth:`abort`, which may be called from any thread.
     """
 
     def __init__(self, index: int, transport: TransportConfig, bind: str = "127.0.0.1",
                  metrics: Metrics | None = None, codec_seed: int | None = None) -> None:
         self.index = index
         self.codec_seed = codec_seed
+        self._generators: dict[torch.device, torch.Generator] = {}  # one per device, re-seeded for every frame
         self.meter = EdgeMeter(metrics)
         self.metrics = metrics
         self._sent_frames: dict[tuple[EdgeId, TensorRole], int] = {}
@@ -132,7 +132,9 @@ class Endpoint:
                    device: torch.device) -> torch.Generator | None:
         if self.codec_seed is None:
             return None
-        gen = torch.Generator(device=device)  # on the tensor's device: no host-side noise to copy over
+        gen = self._generators.get(device)
+        if gen is None:  # on the tensor's device: no host-side noise to copy over
+            gen = self._generators[device] = torch.Generator(device=device)
         gen.manual_seed(frame_seed(self.codec_seed, e, role, seq, wire_mb))
         return gen
 

@@ -41,8 +41,8 @@ from layeredge_dist.stage import (
     wire_microbatch,
     write_manifest,
 )
-from layeredge_dist.stage.endpoint import frame_seed
 from layeredge_dist.stage.checkpoint import MANIFEST, atomic_write, load_stage, save_stage, step_dir
+from layeredge_dist.stage.endpoint import frame_seed
 from layeredge_dist.transport import TransportConfig
 from layeredge_dist.types import Direction, EdgeId, EdgeStats, TensorRole
 
