@@ -46,6 +46,16 @@ Every configuration trains with the same recipe: AdamW at ``train.lr`` with a li
 (``--lr-schedule``). Without the warm-up the demo's tiny batches leave an early unigram plateau at a step that any
 perturbation moves, which made time to target a lottery (docs/benchmarks.md).
 
+Seeds: with ``--seeds N`` every configuration trains N times, seed ``k`` with ``data.seed + k`` and ``model.seed + k``
+(other batches, initial weights and codec draws; :mod:`layeredge_dist.bench.replicates`), seeds outermost so that a
+drift in the machine's load hits every configuration alike; the plan is chosen once, before its first run. A row
+is the mean over its seeds (``replicates`` holds each seed's figures), and ``final_gap_vs_fp32`` is the spread of
+the final-loss gaps to fp32's run of the same seed. One seed's gap is one draw: on the demo they ranged over +1.7 %
+.. +19.8 % for codecs that change the cut activations by under 1 % (docs/benchmarks.md).
+
+Headline: per rate with a target (100 Mbit/s, 1 Gbit/s), ``headline`` gives the issue's checks on the plan row and
+whether each is met, not met or undecided (:mod:`layeredge_dist.bench.headline`); the table ends with them.
+
 Time to target: the target validation loss is ``--target-loss`` if given, else the loss the fp32 run of the same
 rate reaches at its first evaluation at or after ``--target-frac`` (default 0.6) of the steps. A configuration's
 ``time_to_target_s`` is its cumulative training time (the sum of its step times; evaluation excluded) up to its
@@ -58,8 +68,9 @@ rates only the shaping changes (``tc qdisc replace``); Ray stays up. Besides the
 bandwidth is also measured with a plain TCP stream between hosts 0 and 1 (``bandwidth_measured_mbit``).
 
 JSON: ``{"rows": [{"bandwidth", "config", "step_s", "time_to_target_s", "final_val_loss", "bits_fwd", "bits_bwd",
-"bytes_per_step", "bytes_per_step_per_edge", "val_curve", ...}], "rates": {...}, "plans": {rate: {plan...,
-"verification": {"candidates", "chosen", "reason", "trial"} or null}}, ...}``.
+"bytes_per_step", "bytes_per_step_per_edge", "val_curve", "final_gap_vs_fp32", "seeds", "replicates", ...}],
+"rates": {...}, "plans": {rate: {plan..., "verification": {"candidates", "chosen", "reason", "trial"} or null}},
+"headline": {rate: {"checks", "met"}}, ...}``.
 ``--plot PATH`` writes one PNG: per rate, validation loss against cumulative training time per configuration,
 and bytes per training step per edge and direction.
 """
@@ -75,9 +86,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from layeredge_dist.bench.headline import lines as headline_lines
+from layeredge_dist.bench.headline import verdict
+from layeredge_dist.bench.replicates import merge, seed_overrides, spread
 
 #: The demo's batch shape and schedule (3 stages, 1F1B); no checkpoints, no metrics.
 DEMO = ("data.batch_size=8", "data.context=128", "pipeline.microbatches=4", "pipeline.stages=3",
@@ -130,6 +145,7 @@ class E2ESettings:
     host_calib_steps: int = 15
     lr_schedule: str = "cosine"
     warmup_steps: int | None = None
+    seeds: int = 1
 
     def __post_init__(self) -> None:
         bad = [c for c in self.configs if c not in CONFIGS]
@@ -147,6 +163,8 @@ class E2ESettings:
             raise ValueError(f"verify_steps must be >= 0, got {self.verify_steps}")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
             raise ValueError(f"warmup_steps must be in [0, steps = {self.steps}], got {self.warmup_steps}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.host_calib_steps < 0 or 0 < self.host_calib_steps <= WARMUP_STEPS:
             raise ValueError(f"host_calib_steps must be 0 (off) or > {WARMUP_STEPS}, got {self.host_calib_steps}")
 
@@ -207,6 +225,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "from train.lr down to train.final_lr_frac of it at the last step)")
     p.add_argument("--warmup-steps", type=int, default=None, metavar="N",
                    help="linear learning-rate warm-up steps (default: a tenth of --steps; 0 = none)")
+    p.add_argument("--seeds", type=int, default=d.seeds, metavar="N",
+                   help=f"train every configuration N times, with data.seed and model.seed + 0 .. N-1 (other batches, "
+                   f"initial weights and codec draws; the plan is chosen once, on the first seed); rows give the "
+                   f"mean over the seeds, each seed's figures and its gap to fp32 of the same seed go under "
+                   f"'replicates', and the final-loss verdict uses the spread of those paired gaps. N x the run time "
+                   f"(default {d.seeds})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a run config field (see layeredge train --help), e.g. model.config.n_layer=3")
     p.add_argument("--plot", metavar="PATH", default=None, help="also write a PNG: loss vs time, bytes per edge")
@@ -235,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
             calib_steps=args.calib_steps, calib_batches=args.calib_batches, hosts=args.hosts,
             trial_steps=args.trial_steps, trial_batches=args.trial_batches, verify_steps=args.verify_steps,
             host_calib_steps=args.host_calib_steps, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
-            overrides=tuple(args.overrides))
+            seeds=args.seeds, overrides=tuple(args.overrides))
         _base_config(settings)
         from layeredge_dist.testbed import parse_rate
 
@@ -330,6 +354,7 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
     t_start = time.perf_counter()
     cfg = _base_config(settings)
     out: dict[str, Any] = {"settings": asdict(settings), "rows": [], "rates": {}, "plans": {}, "targets": {},
+                           "headline": {},
                            "profile": None, "demo": list(DEMO), "load_average": {"start": list(os.getloadavg())}}
     profile = None
     if "plan" in settings.configs:
@@ -382,6 +407,11 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
             out["rows"] += rows
             for r in rows:
                 log(_row_line(r))
+            v = verdict(rows, tb.rate)
+            if v is not None:
+                out["headline"][tb.rate] = v
+                for line in headline_lines(v):
+                    log(line)
         if profile is not None and settings.host_calib_steps > 0 and out["rows"]:
             out["host_calibration"] = _calibrate_host(tb, nodes, settings, cfg, out, progress, log)
     if profile is not None:
@@ -414,7 +444,7 @@ def _calibrate_host(tb: Any, nodes: Any, settings: E2ESettings, cfg: Any, out: d
     from layeredge_dist.testbed.ray_nodes import TESTBED_OVERRIDES
 
     n = settings.host_calib_steps
-    cal = replace(settings, configs=("fp32", "strong"), steps=n, eval_every=n, eval_batches=1)
+    cal = replace(settings, configs=("fp32", "strong"), steps=n, eval_every=n, eval_batches=1, seeds=1)
     report: list[dict[str, Any]] = []
     for rate in _calibration_rates(settings):
         tb.set_rate(rate)
@@ -527,34 +557,72 @@ def _run_driver(nodes: Any, job: dict[str, Any], timeout_s: float, progress: boo
     return testbed_job.result(job, rc, log_path, f"the driver for {job['rate']}", E2EError)
 
 
+def _target(settings: E2ESettings, fp32_curve: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
+    """``{"loss", "source"}``: ``--target-loss``, else fp32's validation loss at its first evaluation at or after
+    ``target_frac`` of the steps (the last one if none), else none (no fp32 run or curve)."""
+    if settings.target_loss is not None:
+        return {"loss": settings.target_loss, "source": "--target-loss"}
+    if not fp32_curve:
+        return {"loss": None, "source": "no fp32 run: no target"}
+    want = settings.target_frac * settings.steps
+    point = next((p for p in fp32_curve if p["step"] >= want - 1e-9), fp32_curve[-1])
+    return {"loss": point["val_loss"], "source": f"fp32 at step {point['step']} "
+            f"(first evaluation at or after {settings.target_frac:g} x {settings.steps} steps)"}
+
+
+def _time_to_target(curve: Sequence[Mapping[str, Any]], loss: float | None) -> float | None:
+    """Training seconds up to the first evaluation at or below ``loss``; None if none gets there (or no target)."""
+    if loss is None:
+        return None
+    hit = next((p for p in curve if p["val_loss"] <= loss + 1e-12), None)
+    return hit["train_s"] if hit is not None else None
+
+
 def _finish_rows(runs: list[dict[str, Any]], settings: E2ESettings, rate: str,
                  measured_mbit: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The target of this rate and one row per configuration (time to target filled in)."""
-    target = {"loss": settings.target_loss, "source": "--target-loss"}
-    if settings.target_loss is None:
-        fp32 = next((r for r in runs if r["config"] == "fp32"), None)
-        target = {"loss": None, "source": "no fp32 run: no target"}
-        if fp32 is not None and fp32["val_curve"]:
-            want = settings.target_frac * settings.steps
-            point = next((p for p in fp32["val_curve"] if p["step"] >= want - 1e-9), fp32["val_curve"][-1])
-            target = {"loss": point["val_loss"], "source": f"fp32 at step {point['step']} "
-                      f"(first evaluation at or after {settings.target_frac:g} x {settings.steps} steps)"}
+    """The target of this rate and one row per configuration (time to target filled in).
+
+    A run merged over seeds (:func:`~layeredge_dist.bench.replicates.merge`) is judged on its mean curve against
+    the target from fp32's mean curve. Each of its ``replicates`` also gets the time to the target of fp32's run
+    with the same seed, and its final loss's relative gap to that run (``final_gap_vs_fp32``). The row's
+    ``final_gap_vs_fp32`` is the :func:`~layeredge_dist.bench.replicates.spread` of those paired gaps (None
+    without fp32)."""
+    fp32 = next((r for r in runs if r["config"] == "fp32"), None)
+    target = _target(settings, fp32["val_curve"] if fp32 is not None else None)
+    fp32_reps = (fp32.get("replicates") or [fp32]) if fp32 is not None else []
+    rep_targets = [_target(settings, f["val_curve"])["loss"] for f in fp32_reps]
     rows = []
     for r in runs:
-        ttt = None
-        if target["loss"] is not None:
-            hit = next((p for p in r["val_curve"] if p["val_loss"] <= target["loss"] + 1e-12), None)
-            ttt = hit["train_s"] if hit is not None else None
-        rows.append({"bandwidth": rate, "bandwidth_measured_mbit": measured_mbit, **r, "time_to_target_s": ttt,
-                     "target_loss": target["loss"]})
+        reps = []
+        for i, rep in enumerate(r.get("replicates") or []):
+            ref = fp32_reps[i] if i < len(fp32_reps) else None
+            reps.append({**rep, "time_to_target_s": _time_to_target(
+                rep["val_curve"], rep_targets[i] if i < len(rep_targets) else settings.target_loss),
+                "final_gap_vs_fp32": (rep["final_val_loss"] / ref["final_val_loss"] - 1.0
+                                      if ref is not None else None)})
+        gaps = [g["final_gap_vs_fp32"] for g in reps if g["final_gap_vs_fp32"] is not None]
+        if not reps and fp32 is not None:
+            gaps = [r["final_val_loss"] / fp32["final_val_loss"] - 1.0]
+        rows.append({"bandwidth": rate, "bandwidth_measured_mbit": measured_mbit, **r,
+                     **({"replicates": reps} if reps else {}),
+                     "time_to_target_s": _time_to_target(r["val_curve"], target["loss"]),
+                     "target_loss": target["loss"], "final_gap_vs_fp32": spread(gaps) if gaps else None})
     return target, rows
+
+
+def _gap_cell(g: Mapping[str, Any] | None) -> str:
+    """A row's final-loss gap to fp32: ``+1.0%``, or ``+1.0%±0.8`` (one standard error) over several seeds."""
+    if g is None:
+        return "-"
+    return f"{g['mean']:+.1%}" + (f"±{g['se'] * 100:.1f}" if g["n"] > 1 else "")
 
 
 def _row_line(r: dict[str, Any]) -> str:
     ttt = "-" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f} s"
+    seeds = f" (mean of {len(r['seeds'])} seeds)" if len(r.get("seeds") or ()) > 1 else ""
     return (f"[{r['bandwidth']}] {r['config']:7s} step p50 {r['step_s']:.3f} s, time to target {ttt}, final val "
-            f"{r['final_val_loss']:.4f}, {r['bytes_per_step'] / 1e6:.2f} MB/step, bits fwd {r['bits_fwd']:.2f} / bwd "
-            f"{r['bits_bwd']:.2f}")
+            f"{r['final_val_loss']:.4f}{seeds} ({_gap_cell(r.get('final_gap_vs_fp32'))} vs fp32), "
+            f"{r['bytes_per_step'] / 1e6:.2f} MB/step, bits fwd {r['bits_fwd']:.2f} / bwd {r['bits_bwd']:.2f}")
 
 
 def _prediction_cells(p: dict[str, Any] | None) -> str:
@@ -586,8 +654,8 @@ def format_rows(result: dict[str, Any]) -> str:
                 lines.append(f"  candidates trained {v['trial']['steps']} steps in-process (gap to exact edges):")
                 lines += ["    " + t for t in Verification.from_dict(v).lines()]
     head = (f"{'bandwidth':10s} {'config':8s} {'step p50 s':>10s} {'to target s':>11s} {'final val':>9s} "
-            f"{'MB/step':>8s} {'bits fwd':>8s} {'bits bwd':>8s} {'vs fp32':>8s} {'sim s':>7s} {'sim err':>7s} "
-            f"{'sim(stage compute) err':>22s} {'sim host s':>10s} {'host err':>8s} {'cv err':>7s}")
+            f"{'loss vs fp32':>12s} {'MB/step':>8s} {'bits fwd':>8s} {'bits bwd':>8s} {'step x':>8s} {'sim s':>7s} "
+            f"{'sim err':>7s} {'sim(stage compute) err':>22s} {'sim host s':>10s} {'host err':>8s} {'cv err':>7s}")
     load = result.get("load_average") or {}
     if load.get("start") and load.get("end"):
         lines.append(f"load average (1 min) {load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end "
@@ -598,13 +666,19 @@ def format_rows(result: dict[str, Any]) -> str:
         ttt = "-" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f}"
         speed = f"{fp32[r['bandwidth']] / r['step_s']:.2f}x" if r["bandwidth"] in fp32 else "-"
         lines.append(f"{r['bandwidth']:10s} {r['config']:8s} {r['step_s']:10.3f} {ttt:>11s} "
-                     f"{r['final_val_loss']:9.4f} {r['bytes_per_step'] / 1e6:8.3f} {r['bits_fwd']:8.2f} "
+                     f"{r['final_val_loss']:9.4f} {_gap_cell(r.get('final_gap_vs_fp32')):>12s} "
+                     f"{r['bytes_per_step'] / 1e6:8.3f} {r['bits_fwd']:8.2f} "
                      f"{r['bits_bwd']:8.2f} {speed:>8s}" + _prediction_cells(r.get("prediction")))
     lines.append("sim: the simulator's predicted step from the in-process profile and the probed links; sim(stage "
                  "compute): the same with the stages' own measured compute; sim host: on the host model calibrated "
                  "by separate runs after the rates (shared cores, codecs on the stage threads, software overheads); "
                  "cv: the host model fitted on all the other rows (leave-one-out); "
                  "err = (predicted - measured) / measured")
+    seeds = {len(r.get("seeds") or ()) for r in result["rows"]}
+    if max(seeds, default=0) > 1:
+        lines.append(f"every configuration trained once per seed ({max(seeds)} seeds); a row's figures are the mean "
+                     "over its seeds (time to target on the mean curve against the target from fp32's mean curve); "
+                     "loss vs fp32: mean ± one standard error of the gaps paired by seed")
     cal = result.get("host_calibration")
     if cal:
         from layeredge_dist.plan import HostModel
@@ -613,6 +687,8 @@ def format_rows(result: dict[str, Any]) -> str:
                      + ", ".join(f"{r['config']} at {r.get('rate', 'unshaped')} {r['step_s']:.3f} s"
                                  for r in cal["runs"])
                      + f" ({cal['steps']} steps each; largest fit error {cal['max_rel_error']:.0%})")
+    for v in (result.get("headline") or {}).values():
+        lines += headline_lines(v)
     return "\n".join(lines)
 
 
@@ -637,26 +713,36 @@ def drive(job: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     out: dict[str, Any] = {"rate": rate, "runs": [], "plan": None, "probe": None}
     with connect(address=job["address"], timeout_s=float(s["start_timeout_s"])):
         cluster = None
-        for name in s["configs"]:
-            if name != "plan":
-                overrides = _overrides(name, s)
-            else:
-                if cluster is None:
-                    cluster, out["probe"] = _probe_cluster(cfg, int(s["probe_bytes"]), log)
-                plan, verification = _choose_plan(job["profile"], cfg, cluster, s, log, job.get("speeds"))
-                out["plan"] = plan.to_dict() | {"step_time_s": plan.step_time_s,
-                                                 "total_sensitivity": plan.total_sensitivity,
-                                                 "verification": verification}
-                overrides = list(plan.overrides())
-            c = with_overrides(cfg, overrides)
-            log(f"[{rate}] {name}: training {s['steps']} steps (fwd {c.codecs.forward}, bwd {c.codecs.backward}"
-                + (f", edges {dict((k, dict(v)) for k, v in c.codecs.edges.items())}" if c.codecs.edges else "")
-                + f", cuts {list(c.pipeline.cuts) if c.pipeline.cuts is not None else 'even'}) ...")
-            run, probe = _train_one(c, s, probe=cluster is None, probe_bytes=int(s["probe_bytes"]), log=log)
-            run["overrides"] = overrides
-            if probe is not None:
-                cluster, out["probe"] = _cluster_from_probe(probe, c.pipeline.stages), _probe_dict(probe)
-            out["runs"].append({"config": name, **run})
+        chosen: dict[str, list[str]] = {}  # configuration -> its codec (and cuts) overrides, the same for every seed
+        replicates: dict[str, list[dict[str, Any]]] = {name: [] for name in s["configs"]}
+        n_seeds = int(s.get("seeds", 1))
+        for k in range(n_seeds):  # seeds outermost: a drift in the machine's load hits every configuration alike
+            seeded = with_overrides(cfg, seed_overrides(cfg.data.seed, cfg.model.seed, k))
+            for name in s["configs"]:
+                if name in chosen:
+                    overrides = chosen[name]
+                elif name != "plan":
+                    overrides = chosen[name] = _overrides(name, s)
+                else:
+                    if cluster is None:
+                        cluster, out["probe"] = _probe_cluster(cfg, int(s["probe_bytes"]), log)
+                    plan, verification = _choose_plan(job["profile"], cfg, cluster, s, log, job.get("speeds"))
+                    out["plan"] = plan.to_dict() | {"step_time_s": plan.step_time_s,
+                                                     "total_sensitivity": plan.total_sensitivity,
+                                                     "verification": verification}
+                    overrides = chosen[name] = list(plan.overrides())
+                c = with_overrides(seeded, overrides)
+                log(f"[{rate}] {name}" + (f" (seed {k + 1} of {n_seeds}: data.seed {c.data.seed}, model.seed "
+                                          f"{c.model.seed})" if n_seeds > 1 else "")
+                    + f": training {s['steps']} steps (fwd {c.codecs.forward}, bwd {c.codecs.backward}"
+                    + (f", edges {dict((e, dict(v)) for e, v in c.codecs.edges.items())}" if c.codecs.edges else "")
+                    + f", cuts {list(c.pipeline.cuts) if c.pipeline.cuts is not None else 'even'}) ...")
+                run, probe = _train_one(c, s, probe=cluster is None, probe_bytes=int(s["probe_bytes"]), log=log)
+                run.update(overrides=overrides, seed={"data": c.data.seed, "model": c.model.seed})
+                if probe is not None:
+                    cluster, out["probe"] = _cluster_from_probe(probe, c.pipeline.stages), _probe_dict(probe)
+                replicates[name].append(run)
+        out["runs"] = [{"config": name, **merge(runs, WARMUP_STEPS)} for name, runs in replicates.items()]
         if job["profile"] is not None and cluster is not None:
             _add_predictions(out["runs"], cfg, job, _cluster_from_probe_dict(out["probe"], cfg.pipeline.stages, rate),
                              s, log)

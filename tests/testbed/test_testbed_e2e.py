@@ -37,7 +37,7 @@ def test_plan_beats_fp32_at_100mbit() -> None:
                            budget=0.05, trial_steps=0,  # one-shot sensitivities: the trials are unit-tested
                            verify_steps=2,  # the candidate plans are trained in the driver, inside host 0
                            overrides=SMALL, probe_bytes=2 << 20, start_timeout_s=150.0, run_timeout_s=400.0,
-                           host_calib_steps=5)
+                           host_calib_steps=5, seeds=2)
     result = run_e2e(settings, log=print)
     print(format_rows(result))
     rows = {r["config"]: r for r in result["rows"]}
@@ -52,6 +52,12 @@ def test_plan_beats_fp32_at_100mbit() -> None:
     assert ver["trial"]["steps"] == 2 and len(ver["candidates"]) >= 1 and ver["controls"]
     assert len(ver["trial"]["losses"]) == len(ver["candidates"]) + len(ver["controls"])
     assert ver["candidates"][ver["chosen"]]["codecs"] == result["plans"]["100mbit"]["codecs"]
+    # two seeds per configuration, paired with fp32's; the plan was chosen once and trained with both
+    for r in rows.values():
+        assert r["seeds"] == [{"data": 0, "model": 0}, {"data": 1, "model": 1}] and len(r["replicates"]) == 2
+        assert r["final_gap_vs_fp32"]["n"] == 2 and len(r["step_seconds"]) == 2 * settings.steps
+    assert rows["fp32"]["replicates"][0]["final_val_loss"] != rows["fp32"]["replicates"][1]["final_val_loss"]
+    assert result["headline"]["100mbit"]["checks"][0]["name"] == "time to target vs fp32"
     # the simulator's host model was fitted on separate calibration runs and predicts every row
     cal = result["host_calibration"]
     assert [(r["rate"], r["config"]) for r in cal["runs"]] == [("unshaped", "fp32"), ("unshaped", "strong"),

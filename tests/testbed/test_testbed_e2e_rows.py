@@ -83,6 +83,35 @@ def test_target_is_fp32_at_the_fraction_and_time_to_target() -> None:
     assert any(t.strip().startswith("budget x 0.5,1") and "int8 | fp32" in t for t in lines)
 
 
+def test_rows_of_runs_merged_over_seeds_pair_each_seed_with_fp32() -> None:
+    """With --seeds the row is judged on its mean curve; each seed has its own target (fp32 of that seed), its own
+    time to target and its gap to that run; the row's gap is their spread; the table shows mean ± one SE."""
+    from layeredge_dist.bench.replicates import merge
+
+    s = E2ESettings(steps=40, eval_every=20, target_frac=0.5, seeds=2)
+    fp32 = [_run("fp32", [(20, 2.0, 3.0), (40, 4.0, 2.0)]), _run("fp32", [(20, 2.0, 3.2), (40, 4.0, 2.4)])]
+    plan = [_run("plan", [(20, 1.0, 2.9), (40, 2.0, 2.02)]), _run("plan", [(20, 1.0, 3.3), (40, 2.0, 2.28)])]
+    for r in fp32 + plan:
+        r["step_seconds"] = [r["step_s"]] * 5
+    runs = [{"config": c, **merge(rs, 3)} for c, rs in (("fp32", fp32), ("plan", plan))]
+    target, rows = _finish_rows(runs, s, "100mbit", 95.0)
+    assert target["loss"] == pytest.approx(3.1)  # fp32's mean curve at step 20
+    by = {r["config"]: r for r in rows}
+    assert by["plan"]["time_to_target_s"] == 1.0 and by["plan"]["final_val_loss"] == pytest.approx(2.15)
+    reps = by["plan"]["replicates"]
+    assert [r["time_to_target_s"] for r in reps] == [1.0, 2.0]  # seed 1's own target is 3.2: reached at step 40
+    assert [r["final_gap_vs_fp32"] for r in reps] == pytest.approx([0.01, -0.05])
+    gap = by["plan"]["final_gap_vs_fp32"]
+    assert gap["n"] == 2 and gap["mean"] == pytest.approx(-0.02) and gap["se"] == pytest.approx(0.03)
+    assert by["fp32"]["final_gap_vs_fp32"]["mean"] == 0.0
+    table = format_rows({"rates": {"100mbit": {"bandwidth_measured_mbit": 95.0, "probe": None}},
+                         "targets": {"100mbit": target}, "plans": {}, "rows": rows})
+    assert "-2.0%±3.0" in table and "once per seed (2 seeds)" in table
+    # a run without replicates (an older result) still gets its gap to fp32
+    _, rows = _finish_rows([_run("fp32", [(40, 4.0, 2.0)]), _run("bf16", [(40, 4.0, 2.1)])], s, "1gbit", 900.0)
+    assert rows[1]["final_gap_vs_fp32"]["mean"] == pytest.approx(0.05) and "replicates" not in rows[1]
+
+
 def test_settings_and_cli_options() -> None:
     with pytest.raises(ValueError):
         E2ESettings(configs=("fp32", "zip"))
@@ -94,6 +123,11 @@ def test_settings_and_cli_options() -> None:
         E2ESettings(steps=10, warmup_steps=11)
     with pytest.raises(ValueError, match="verify_steps"):
         E2ESettings(verify_steps=-1)
+    with pytest.raises(ValueError, match="seeds"):
+        E2ESettings(seeds=0)
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert p.parse_args([]).seeds == 1 and p.parse_args(["--seeds", "3"]).seeds == 3
 
 
 def test_every_configuration_trains_with_one_warmup_and_cosine_recipe_over_the_benchmark_steps() -> None:
