@@ -237,7 +237,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-json", metavar="FILE", default=None,
                    help="no runs: recompute the simulator's host-model predictions of a saved --json result with "
                    "this version (no root needed) and print it")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--json", action="store_true", help="print one JSON document (and no progress)")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="also write the JSON document to FILE, with the table and progress as usual")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -265,6 +267,8 @@ def run(args: argparse.Namespace) -> int:
 
         for r in settings.rates:
             parse_rate(r)
+        if args.out and not os.access(os.path.dirname(os.path.abspath(args.out)), os.W_OK):
+            raise ValueError(f"--out {args.out}: its directory does not exist or is not writable")
     except ValueError as err:
         print(f"layeredge bench e2e: {err}", file=sys.stderr)
         return 2
@@ -282,6 +286,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    if args.out:
+        _write_json(result, args.out)
     if args.plot:
         try:
             result["plot"] = plot(result, args.plot)
@@ -294,7 +300,17 @@ def run(args: argparse.Namespace) -> int:
     print(format_rows(result))
     if args.plot:
         print(f"plot: {result['plot']}")
+    if args.out:
+        print(f"json: {args.out}")
     return 0
+
+
+def _write_json(result: dict[str, Any], path: str) -> None:
+    """Write ``result`` to ``path`` whole or not at all (a temporary file renamed over it)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(result, f, default=str)
+    os.replace(tmp, path)
 
 
 def _run_from_json(args: argparse.Namespace) -> int:

@@ -130,6 +130,19 @@ def test_settings_and_cli_options() -> None:
     assert p.parse_args([]).seeds == 1 and p.parse_args(["--seeds", "3"]).seeds == 3
 
 
+def test_out_file_is_checked_before_the_run_and_written_whole(tmp_path, capsys) -> None:  # noqa: ANN001
+    import json
+
+    from layeredge_dist.bench.e2e import _write_json
+    from layeredge_dist.cli.main import main
+
+    assert main(["bench", "e2e", "--out", str(tmp_path / "missing" / "e2e.json")]) == 2
+    assert "--out" in capsys.readouterr().err and not (tmp_path / "missing").exists()
+    path = tmp_path / "e2e.json"
+    _write_json({"rows": [{"config": "fp32"}]}, str(path))
+    assert json.loads(path.read_text()) == {"rows": [{"config": "fp32"}]} and len(list(tmp_path.iterdir())) == 1
+
+
 def test_every_configuration_trains_with_one_warmup_and_cosine_recipe_over_the_benchmark_steps() -> None:
     cfg = _base_config(E2ESettings(steps=300))
     t = cfg.train
