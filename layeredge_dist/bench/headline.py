@@ -1,8 +1,9 @@
 """The end-to-end benchmark's headline targets and the verdict on a result of ``layeredge bench e2e``.
 
 The targets: at 100 Mbit/s the plan reaches the target loss at least 5x faster than fp32 edges and at least 2.5x
-faster than bf16 edges, and ends within 1 % of fp32's final validation loss. At 1 Gbit/s it reaches the target at
-least 2x faster than fp32. At every rate its codecs use at most 3 bits per element forward and 6 backward.
+faster than bf16 edges, ends within 1 % of fp32's final validation loss, and its codecs use at most 3 bits per
+element forward and 6 backward (the "winning plan"). At 1 Gbit/s it reaches the target at least 2x faster than
+fp32, with whatever codecs the planner picks for that link.
 
 Each check is ``met`` True, False, or None when the result cannot decide it: a configuration that is missing, or
 one that never reached the target, or a loss gap whose spread straddles the tolerance. The loss check judges the
@@ -24,17 +25,17 @@ from typing import Any
 class Targets:
     """The headline at one link rate: time-to-target speed-ups of the plan over fp32 and bf16 edges (None = no
     target), the final loss's largest relative gap to fp32 (None = no target), and the plan's largest bits per
-    element forward and backward."""
+    element forward and backward (None = no target)."""
 
     rate_bps: float
     vs_fp32: float
     vs_bf16: float | None = None
     loss_gap: float | None = None
-    bits_fwd: float = 3.0
-    bits_bwd: float = 6.0
+    bits_fwd: float | None = None
+    bits_bwd: float | None = None
 
 
-TARGETS = (Targets(100e6, 5.0, 2.5, 0.01), Targets(1e9, 2.0))
+TARGETS = (Targets(100e6, 5.0, 2.5, 0.01, 3.0, 6.0), Targets(1e9, 2.0))
 
 
 def targets_for(rate: str) -> Targets | None:
@@ -91,9 +92,11 @@ def verdict(rows: Sequence[Mapping[str, Any]], rate: str) -> dict[str, Any] | No
         checks.append(_speedup(by, "bf16", plan, t.vs_bf16))
     if t.loss_gap is not None:
         checks.append(_loss(plan, t.loss_gap))
-    checks += [_check("bits forward", plan["bits_fwd"], f"<= {t.bits_fwd:g}", plan["bits_fwd"] <= t.bits_fwd + 1e-9),
-               _check("bits backward", plan["bits_bwd"], f"<= {t.bits_bwd:g}",
-                      plan["bits_bwd"] <= t.bits_bwd + 1e-9)]
+    for side, most in (("fwd", t.bits_fwd), ("bwd", t.bits_bwd)):
+        if most is not None:
+            bits = plan[f"bits_{side}"]
+            checks.append(_check(f"bits {'forward' if side == 'fwd' else 'backward'}", bits, f"<= {most:g}",
+                                 bits <= most + 1e-9))
     met = [c["met"] for c in checks]
     return {"rate": rate, "checks": checks,
             "met": False if False in met else True if all(m is True for m in met) else None}
