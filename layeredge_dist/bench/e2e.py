@@ -23,8 +23,9 @@ c. ``plan``: the planner's plan (:func:`layeredge_dist.pipeline.planning.choose_
    (:func:`~layeredge_dist.pipeline.planning.choose_verified_plan`): the per-codec gaps do not add up;
 d. ``strong``: a fixed aggressive configuration, forward ``--strong-forward`` (default ``klt:3``: transform coding
    at 3 bits per element) and backward ``--strong-backward`` (default ``int4/rht/sr``: rotated 4-bit with unbiased
-   stochastic rounding, stateless), the pair that trained like fp32 in every seed of the 4-seed study
-   (docs/benchmarks.md); ``--strong-forward int4/rht --strong-backward 'ef(int8)'`` is the AC-SGD-like 4-bit pair with
+   stochastic rounding, stateless), the pair that trained like fp32 in every seed of the 4-seed in-process study
+   and ended +2.3 % +- 0.3 over three seeds on the testbed (docs/benchmarks.md, run 7; its codec draws alone move
+   one seed's final loss by about +-3 %); ``--strong-forward int4/rht --strong-backward 'ef(int8)'`` is the AC-SGD-like 4-bit pair with
    error feedback, whose state the stage runtime keeps per edge and micro-batch slot.
 
 Per rate and configuration it reports the step time (p50 of the steps after the first 3), the validation loss
