@@ -959,8 +959,9 @@ def _traffic(stats: Sequence[Any], stages: int, steps: int) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: str) -> str:
-    """One PNG: a row per rate with validation loss vs cumulative training time per configuration (left) and
-    bytes per training step per edge and direction (right). Needs matplotlib."""
+    """One PNG: a row per rate with validation loss vs cumulative training time per configuration (left; with
+    several seeds the mean curve and the seeds' range as a band) and bytes per training step per edge and direction
+    (right). Needs matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -974,7 +975,13 @@ def plot(result: dict[str, Any], path: str) -> str:
         for r in rows:
             xs = [p["train_s"] for p in r["val_curve"]]
             ys = [p["val_loss"] for p in r["val_curve"]]
-            ax.plot(xs, ys, marker="o", ms=3, label=f"{r['config']} (p50 {r['step_s']:.2f} s/step)")
+            reps = r.get("replicates") or []
+            seeds = f", mean of {len(reps)} seeds" if len(reps) > 1 else ""
+            line, = ax.plot(xs, ys, marker="o", ms=3, label=f"{r['config']} (p50 {r['step_s']:.2f} s/step{seeds})")
+            if len(reps) > 1:  # the seeds' range at each evaluation, at the mean curve's training time
+                lo = [min(rep["val_curve"][k]["val_loss"] for rep in reps) for k in range(len(xs))]
+                hi = [max(rep["val_curve"][k]["val_loss"] for rep in reps) for k in range(len(xs))]
+                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
         target = result["targets"].get(rate, {}).get("loss")
         if target is not None:
             ax.axhline(target, color="grey", ls="--", lw=0.8, label=f"target {target:.3f}")

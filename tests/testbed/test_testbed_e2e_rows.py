@@ -179,6 +179,15 @@ def test_plot(tmp_path) -> None:  # noqa: ANN001
     result = {"rates": {"100mbit": {}}, "targets": {"100mbit": target}, "rows": rows}
     out = plot(result, str(tmp_path / "e2e.png"))
     assert (tmp_path / "e2e.png").stat().st_size > 10_000 and out.endswith("e2e.png")
+    # merged over seeds: the mean curve with the seeds' range as a band
+    from layeredge_dist.bench.replicates import merge
+
+    seeds = [_run("fp32", [(50, 5.0, 3.2), (100, 10.0, 3.0)]), _run("fp32", [(50, 5.0, 3.4), (100, 10.0, 2.9)])]
+    for r in seeds:
+        r.update(step_seconds=[0.3] * 5, bytes_per_step_per_edge={"s0->s1": {"forward": 5e5, "backward": 5e5}})
+    target, rows = _finish_rows([{"config": "fp32", **merge(seeds, 3)}], s, "100mbit", 95.0)
+    plot({"rates": {"100mbit": {}}, "targets": {"100mbit": target}, "rows": rows}, str(tmp_path / "seeds.png"))
+    assert (tmp_path / "seeds.png").stat().st_size > 10_000
 
 
 def test_repredict_recovers_the_host_model_that_made_the_measurements(tmp_path) -> None:  # noqa: ANN001
