@@ -25,8 +25,8 @@ d. ``strong``: a fixed aggressive configuration, forward ``--strong-forward`` (d
    at 3 bits per element) and backward ``--strong-backward`` (default ``int4/rht/sr``: rotated 4-bit with unbiased
    stochastic rounding, stateless), the pair that trained like fp32 in every seed of the 4-seed in-process study
    and ended +2.3 % +- 0.3 over three seeds on the testbed (docs/benchmarks.md, run 7; its codec draws alone move
-   one seed's final loss by about +-3 %); ``--strong-forward int4/rht --strong-backward 'ef(int8)'`` is the AC-SGD-like 4-bit pair with
-   error feedback, whose state the stage runtime keeps per edge and micro-batch slot.
+   one seed's final loss by about +-3 %); ``--strong-forward int4/rht --strong-backward 'ef(int8)'`` is the
+   AC-SGD-like 4-bit pair with error feedback, whose state the stage runtime keeps per edge and micro-batch slot.
 
 Per rate and configuration it reports the step time (p50 of the steps after the first 3), the validation loss
 every ``--eval-every`` steps on ``--eval-batches`` held-out batches (and at the end: ``final_val_loss``), the
@@ -73,7 +73,7 @@ JSON: ``{"rows": [{"bandwidth", "config", "step_s", "time_to_target_s", "final_v
 "rates": {...}, "plans": {rate: {plan..., "verification": {"candidates", "chosen", "reason", "trial"} or null}},
 "headline": {rate: {"checks", "met"}}, ...}``.
 ``--plot PATH`` writes one PNG: per rate, validation loss against cumulative training time per configuration,
-and bytes per training step per edge and direction.
+and bytes per training step per edge and direction. ``--out FILE`` writes the JSON document beside the table.
 """
 
 from __future__ import annotations
@@ -371,8 +371,8 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
     t_start = time.perf_counter()
     cfg = _base_config(settings)
     out: dict[str, Any] = {"settings": asdict(settings), "rows": [], "rates": {}, "plans": {}, "targets": {},
-                           "headline": {},
-                           "profile": None, "demo": list(DEMO), "load_average": {"start": list(os.getloadavg())}}
+                           "headline": {}, "profile": None, "demo": list(DEMO),
+                           "load_average": {"start": list(os.getloadavg())}}
     profile = None
     if "plan" in settings.configs:
         from layeredge_dist.bench.simulator import _cores
