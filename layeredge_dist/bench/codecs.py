@@ -18,7 +18,6 @@ extra is installed). Example: layeredge bench codecs --size-mb 64 --json
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from layeredge_dist.bench import output
 from layeredge_dist.bench.data import normal_data, real_activations
 from layeredge_dist.codecs import Codec, CodecError, parse_codec
 
@@ -187,7 +187,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="normal,real", help="comma-separated data sets: normal, real (default both)")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per measurement, median reported")
     p.add_argument("--no-baselines", action="store_true", help="skip memcpy/eager/bitsandbytes/topk baselines")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
 
 
 def _log(msg: str) -> None:
@@ -246,9 +245,7 @@ def run(args: argparse.Namespace) -> int:
         "baselines": baselines,
         "summary": summarize(results, baselines) if "torch_topk_gbps" in baselines else {},
     }
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
+    if not output.emit(doc, args, indent=2):
         _print_table(doc)
     return 0
 

@@ -51,6 +51,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from layeredge_dist.bench import output
 from layeredge_dist.bench.e2e import DEMO
 
 MODES = ("off", "on")
@@ -122,7 +123,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hosts", type=int, default=d.hosts, help=f"emulated hosts (default {d.hosts})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a run config field (see layeredge train --help), e.g. model.config.n_layer=3")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"layeredge bench control: {err}", file=sys.stderr)
         return 2
-    log = (lambda t: None) if args.json else (lambda t: print(t, file=sys.stderr, flush=True))
+    log = output.progress(args)
 
     def on_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
@@ -157,9 +157,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    if args.json:
-        print(json.dumps(result, default=str))
-    else:
+    if not output.emit(result, args):
         print(format_result(result))
     return 0 if result["targets"]["met"] else 1
 

@@ -91,6 +91,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from layeredge_dist.bench import output
 from layeredge_dist.bench.headline import lines as headline_lines
 from layeredge_dist.bench.headline import verdict
 from layeredge_dist.bench.replicates import merge, seed_overrides, spread
@@ -238,9 +239,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-json", metavar="FILE", default=None,
                    help="no runs: recompute the simulator's host-model predictions of a saved --json result with "
                    "this version (no root needed) and print it")
-    p.add_argument("--json", action="store_true", help="print one JSON document (and no progress)")
-    p.add_argument("--out", metavar="FILE", default=None,
-                   help="also write the JSON document to FILE, with the table and progress as usual")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -268,12 +266,10 @@ def run(args: argparse.Namespace) -> int:
 
         for r in settings.rates:
             parse_rate(r)
-        if args.out and not os.access(os.path.dirname(os.path.abspath(args.out)), os.W_OK):
-            raise ValueError(f"--out {args.out}: its directory does not exist or is not writable")
     except ValueError as err:
         print(f"layeredge bench e2e: {err}", file=sys.stderr)
         return 2
-    log = (lambda t: None) if args.json else (lambda t: print(t, file=sys.stderr, flush=True))
+    log = output.progress(args)
 
     def on_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
@@ -287,31 +283,20 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    if args.out:
-        _write_json(result, args.out)
+    plot_error = None
     if args.plot:
         try:
             result["plot"] = plot(result, args.plot)
-        except ImportError as err:
-            print(f"layeredge bench e2e: --plot needs matplotlib (pip install matplotlib): {err}", file=sys.stderr)
-            return 1
-    if args.json:
-        print(json.dumps(result, default=str))
-        return 0
-    print(format_rows(result))
-    if args.plot:
-        print(f"plot: {result['plot']}")
-    if args.out:
-        print(f"json: {args.out}")
+        except ImportError as err:  # the runs are still printed and written
+            plot_error = f"--plot needs matplotlib (pip install matplotlib): {err}"
+    if not output.emit(result, args):
+        print(format_rows(result))
+        if "plot" in result:
+            print(f"plot: {result['plot']}")
+    if plot_error is not None:
+        print(f"layeredge bench e2e: {plot_error}", file=sys.stderr)
+        return 1
     return 0
-
-
-def _write_json(result: dict[str, Any], path: str) -> None:
-    """Write ``result`` to ``path`` whole or not at all (a temporary file renamed over it)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(result, f, default=str)
-    os.replace(tmp, path)
 
 
 def _run_from_json(args: argparse.Namespace) -> int:
@@ -319,12 +304,12 @@ def _run_from_json(args: argparse.Namespace) -> int:
     try:
         with open(args.from_json, encoding="utf-8") as f:
             result = json.load(f)
-        result = repredict(result, log=(lambda t: None) if args.json else
-                           (lambda t: print(t, file=sys.stderr, flush=True)))
+        result = repredict(result, log=output.progress(args))
     except (OSError, json.JSONDecodeError, KeyError, ValueError) as err:
         print(f"layeredge bench e2e: --from-json {args.from_json}: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(result, default=str) if args.json else format_rows(result))
+    if not output.emit(result, args):
+        print(format_rows(result))
     return 0
 
 

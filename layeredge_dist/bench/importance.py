@@ -12,13 +12,13 @@ loses less validation loss than pruning at random.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections.abc import Sequence
 
 import torch
 
+from layeredge_dist.bench import output
 from layeredge_dist.config import RunConfig, with_overrides
 
 DEMO = ("data.batch_size=8", "data.context=128", "pipeline.microbatches=4")
@@ -33,7 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-draws", type=int, default=5, help="random channel sets per cut (default 5)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a run config field (see layeredge train --help)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def _loss_with_mask(parts: Sequence[torch.nn.Module], batches: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]],
@@ -61,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from layeredge_dist.pipeline.profile import trained_partitions
 
     cfg = with_overrides(RunConfig(), list(DEMO) + list(args.overrides))
-    log = (lambda t: None) if args.json else (lambda t: print(t, file=sys.stderr, flush=True))
+    log = output.progress(args)
     log(f"training {args.train_steps} steps in-process ...")
     parts, workload, losses = trained_partitions(cfg, args.train_steps)
     batches = workload.val_batches(args.calib_batches + args.eval_batches)
@@ -102,8 +101,7 @@ def run(args: argparse.Namespace) -> int:
         log(f"cut {k}: done")
     doc = {"train_steps": args.train_steps, "final_train_loss": losses[-1] if losses else None,
            "fraction": args.fraction, "cuts": rows, "config": list(DEMO) + list(args.overrides)}
-    if args.json:
-        print(json.dumps(doc))
+    if output.emit(doc, args):
         return 0
     print(f"validation loss with {args.fraction:.0%} of a cut's channels removed (demo model, {args.train_steps} "
           f"training steps, {args.eval_batches} held-out batches)")

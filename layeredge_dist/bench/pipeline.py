@@ -21,7 +21,6 @@ In one run, on the demo workload (byte-level GPT, stdlib source, 3 stages on 3 l
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import Any
 
 import torch
 
+from layeredge_dist.bench import output
 from layeredge_dist.config import RunConfig, with_overrides
 
 DEMO = ("data.batch_size=8", "data.context=128", "pipeline.microbatches=4", "pipeline.schedule=1f1b",
@@ -50,7 +50,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overhead-rounds", type=int, default=3, help="interleaved rounds of that comparison (default 3)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a run config field (see layeredge train --help)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def _single_process(cfg: RunConfig, steps: int, eval_batches: int) -> dict[str, float]:
@@ -150,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     from layeredge_dist.pipeline import setup
     from layeredge_dist.pipeline.cluster import connect
 
-    log = (lambda t: None) if args.json else (lambda t: print(t, file=sys.stderr, flush=True))
+    log = output.progress(args)
     results: dict[str, Any] = {"steps": args.steps, "codecs": {}, "config": list(DEMO) + list(args.overrides)}
     stages = cfg.pipeline.stages
     with connect(None, args.nodes, float(-(-stages // args.nodes)), 0.0, 120.0):
@@ -190,8 +189,7 @@ def run(args: argparse.Namespace) -> int:
     ref = results["codecs"][codecs[0]]
     for entry in results["codecs"].values():
         entry["step_time_vs_single"] = entry["step_s_p50"] / results["single_process"]["step_s_p50"]
-    if args.json:
-        print(json.dumps(results))
+    if output.emit(results, args):
         return 0
     print(f"{args.steps} steps, 3 stages on {args.nodes} local Ray node(s), demo byte GPT; validation over "
           f"{args.eval_batches} batches; {args.seeds} seed(s)")

@@ -60,6 +60,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from layeredge_dist.bench import output
 from layeredge_dist.config import ConfigError, RunConfig, with_overrides
 
 DEMO = ("data.batch_size=8", "data.context=128", "pipeline.microbatches=4", "pipeline.stages=3",
@@ -91,7 +92,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host-calib-steps", type=int, default=15,
                    help="with --testbed: steps of each host-model calibration run (default 15; 0 = plain "
                    "predictions only)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def _cores() -> int:
@@ -288,8 +288,7 @@ def _run_testbed(args: argparse.Namespace, log: Callable[[str], None]) -> int:
            "rates": result["rates"], "plans": result["plans"], "codec_speeds_Bps": result.get("codec_speeds_Bps"),
            "testbed": result.get("testbed"), "load_average": result["load_average"], "seconds": result["seconds"],
            "steps": args.steps, "warmup": WARMUP_STEPS}
-    if args.json:
-        print(json.dumps(out, default=str))
+    if output.emit(out, args):
         return 0
     cal = out["host_calibration"]
     if cal:
@@ -318,8 +317,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     if args.testbed:
-        return _run_testbed(args, (lambda t: None) if args.json else
-                            (lambda t: print(t, file=sys.stderr, flush=True)))
+        return _run_testbed(args, output.progress(args))
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
     try:
         cfg = with_overrides(RunConfig(), list(DEMO) + list(args.overrides))
@@ -333,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
     from layeredge_dist.pipeline.cluster import ClusterError, connect
     from layeredge_dist.plan import ClusterSpec, LinkSpec, format_bandwidth
 
-    log = (lambda t: None) if args.json else (lambda t: print(t, file=sys.stderr, flush=True))
+    log = output.progress(args)
     load0 = list(os.getloadavg())
     cores = args.cores or _cores()
     stages = cfg.pipeline.stages
@@ -399,8 +397,7 @@ def run(args: argparse.Namespace) -> int:
                             "measured_step_s": m["step_s"], "measured_stages": m["stages"]})
     out["seconds"] = time.perf_counter() - t0
     out["load_average"] = {"start": load0, "end": list(os.getloadavg())}
-    if args.json:
-        print(json.dumps(out, default=str))
+    if output.emit(out, args):
         return 0
     print(f"{profile.name}: {stages} stages on {args.nodes} local Ray node(s), {profile.micro_batches} micro-batches;"
           f" links {out['bandwidth']} (loopback, unshaped; shaped links come with the testbed)")

@@ -20,13 +20,13 @@ error), 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from layeredge_dist.bench import output
 from layeredge_dist.config import RunConfig, with_overrides
 
 #: The demo's shape (as ``layeredge bench pipeline``), on the TCP data path, without evaluation or checkpoints.
@@ -45,7 +45,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=1, help="local Ray nodes (default 1; 3 puts one stage per node)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a run config field (see layeredge train --help)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def _driver_rss() -> int:
@@ -188,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     cfg = with_overrides(RunConfig(), list(DEMO) + list(args.overrides))
     window_s = args.window_s if args.window_s > 0 else max(30.0, args.minutes * 6.0)
-    log = (lambda t: None) if args.json else (lambda t: print(t, file=sys.stderr, flush=True))
+    log = output.progress(args)
     from layeredge_dist.pipeline.cluster import ClusterError, connect
     from layeredge_dist.pipeline.driver import StageFailure
 
@@ -201,8 +200,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     report["config"] = list(DEMO) + list(args.overrides)
     report["nodes"] = args.nodes
-    if args.json:
-        print(json.dumps(report))
+    if output.emit(report, args):
         return 0 if report["ok"] else 1
     r = report
     print(f"soak: {r['minutes']:g} min on {args.nodes} local Ray node(s): {r['steps']} training steps, "

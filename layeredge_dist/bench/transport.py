@@ -23,7 +23,6 @@ during that pass against the in-flight window.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from layeredge_dist.bench import output
 from layeredge_dist.codecs.base import Encoded
 from layeredge_dist.transport import (
     ChannelClosed,
@@ -58,7 +58,6 @@ _ACK = b"k"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``layeredge bench transport``."""
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--sizes", type=lambda s: tuple(int(x) for x in s.split(",")), default=DEFAULT_SIZES,
                         help="payload sizes in bytes, comma-separated (default: 64 KiB, 1, 16, 64 MiB)")
     parser.add_argument("--seconds", type=float, default=2.0,
@@ -468,7 +467,8 @@ def run(args: argparse.Namespace) -> int:
     """Entry of ``layeredge bench transport``; prints a table or, with --json, one JSON document."""
     config = TransportConfig(chunk_bytes=int(args.chunk_mib * (1 << 20)), tcp_data_path=True, tune_malloc=True)
     doc = run_benchmark(tuple(args.sizes), args.seconds, args.rounds, config, args.stream_mib)
-    print(json.dumps(doc, indent=2) if args.json else _table(doc))
+    if not output.emit(doc, args, indent=2):
+        print(_table(doc))
     return 0
 
 
@@ -477,6 +477,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="layeredge bench transport", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
+    output.add_arguments(parser)
     return run(parser.parse_args())
 
 

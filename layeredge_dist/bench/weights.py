@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from typing import Any
 
 import torch
 
+from layeredge_dist.bench import output
 from layeredge_dist.config import RunConfig, with_overrides
 
 DEMO = ("data.batch_size=8", "data.context=128", "pipeline.microbatches=4")
@@ -59,7 +59,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight receiver in another process (default), a thread, or no transfer")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a run config field (see layeredge train --help)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -90,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from layeredge_dist.prune.transfer import block_error, summary
 
     cfg = with_overrides(RunConfig(), list(DEMO) + list(args.overrides))
-    log = (lambda t: None) if args.json else (lambda t: print(t, file=sys.stderr, flush=True))
+    log = output.progress(args)
     log(f"training {args.train_steps} steps in-process ...")
     try:
         parts, workload, _ = trained_partitions(cfg, args.train_steps)
@@ -155,8 +154,7 @@ def run(args: argparse.Namespace) -> int:
     doc = {"model": {"family": model.family, "parameters": numel, "tensors": len(original)},
            "train_steps": args.train_steps, "val_loss_fp32": base_loss, "variants": rows, "targets": targets,
            "ship": args.ship, "config": list(DEMO) + list(args.overrides)}
-    if args.json:
-        print(json.dumps(doc))
+    if output.emit(doc, args):
         return 0
     print(f"weights of {model.family} ({numel:,} parameters, {len(original)} tensors, {args.train_steps} training "
           f"steps); val loss fp32 {base_loss if base_loss is None else round(base_loss, 4)}")

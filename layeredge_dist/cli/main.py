@@ -37,15 +37,33 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="benchmarks: ours vs. baselines measured in the same run",
         description="Benchmarks. Each reports ratios against baselines measured in the same run, since the "
-        "machines are shared and noisy. Add --json for one machine-readable JSON document.",
+        "machines are shared and noisy. Add --json for one machine-readable JSON document, or --out FILE to write "
+        "it beside the table.",
     )
+    from layeredge_dist.bench import output
+
     kinds = bench.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
     for name, help_text in BENCHES.items():
         module = importlib.import_module(f"layeredge_dist.bench.{name}")
         p = kinds.add_parser(name, help=help_text, description=module.__doc__,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
-        p.set_defaults(func=module.run)
+        output.add_arguments(p)
+        p.set_defaults(func=_checked_bench(name, module.run))
+
+
+def _checked_bench(name: str, run: Runner) -> Runner:
+    """``run`` after the output checks every benchmark shares (:func:`layeredge_dist.bench.output.check`): exit
+    code 2 with the reason before the benchmark starts."""
+    from layeredge_dist.bench import output
+
+    def checked(args: argparse.Namespace) -> int:
+        problem = output.check(args)
+        if problem is not None:
+            print(f"layeredge bench {name}: {problem}", file=sys.stderr)
+            return 2
+        return run(args)
+    return checked
 
 
 def _add_cluster(sub: argparse._SubParsersAction) -> None:
