@@ -242,7 +242,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``layeredge bench e2e``: 0 on success, 2 for bad arguments, 1 when the testbed or a run fails."""
+    """``layeredge bench e2e``: 0 on success, 2 for bad arguments, 1 when the testbed or a run fails (the rates
+    that finished are still printed and written to ``--out``)."""
     from layeredge_dist.testbed import TestbedError
 
     if args.from_json:
@@ -293,10 +294,11 @@ def run(args: argparse.Namespace) -> int:
         print(format_rows(result))
         if "plot" in result:
             print(f"plot: {result['plot']}")
+    for what, err in result.get("errors", {}).items():
+        print(f"layeredge bench e2e: {what}: {err}", file=sys.stderr)
     if plot_error is not None:
         print(f"layeredge bench e2e: {plot_error}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if plot_error is not None or result.get("errors") else 0
 
 
 def _run_from_json(args: argparse.Namespace) -> int:
@@ -346,7 +348,9 @@ def _base_config(settings: E2ESettings) -> Any:
 def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
             progress: bool = True) -> dict[str, Any]:
     """Measure the profile (if the plan is wanted), bring up the testbed and Ray, run every rate's driver inside
-    host 0, tear down; returns ``{"rows", "rates", "plans", "targets", "settings", "profile", "seconds"}``."""
+    host 0, tear down; returns ``{"rows", "rates", "plans", "targets", "headline", "errors", "settings", "profile",
+    "seconds"}``. A rate whose driver fails (E2EError) is left out of the rows and its error kept under
+    ``errors[rate]``; the other rates still run. The testbed failing (TestbedError) or Ctrl-C ends the run."""
     from layeredge_dist.bench import testbed_job
     from layeredge_dist.testbed.bandwidth import measure_bandwidth
     from layeredge_dist.testbed.netns import require_tools
@@ -356,7 +360,7 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
     t_start = time.perf_counter()
     cfg = _base_config(settings)
     out: dict[str, Any] = {"settings": asdict(settings), "rows": [], "rates": {}, "plans": {}, "targets": {},
-                           "headline": {}, "profile": None, "demo": list(DEMO),
+                           "headline": {}, "errors": {}, "profile": None, "demo": list(DEMO),
                            "load_average": {"start": list(os.getloadavg())}}
     profile = None
     if "plan" in settings.configs:
@@ -399,7 +403,12 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
                 "speeds": out.get("codec_speeds_Bps"), "edge_width": out.get("edge_width"),
                 "out": os.path.join(tb.work_dir, f"e2e-{tb.rate}.json"),
             }
-            res = _run_driver(nodes, job, settings.run_timeout_s, progress)
+            try:
+                res = _run_driver(nodes, job, settings.run_timeout_s, progress)
+            except E2EError as err:  # keep the rates done so far and go on: a driver failure ends only its rate
+                out["errors"][tb.rate] = str(err)
+                log(f"[{tb.rate}] failed, going on with the next rate: {err}")
+                continue
             out["rates"][tb.rate] = {"bandwidth_measured_mbit": bw.mbit_per_s, "probe": res.get("probe"),
                                      "seconds": res.get("seconds"), "load_average_end": list(os.getloadavg())}
             if res.get("plan") is not None:
@@ -415,8 +424,12 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
                 for line in headline_lines(v):
                     log(line)
         if profile is not None and settings.host_calib_steps > 0 and out["rows"]:
-            out["host_calibration"] = _calibrate_host(tb, nodes, settings, cfg, out, progress, log)
-    if profile is not None:
+            try:
+                out["host_calibration"] = _calibrate_host(tb, nodes, settings, cfg, out, progress, log)
+            except E2EError as err:
+                out["errors"]["host calibration"] = str(err)
+                log(f"[host calibration] failed; the rows keep their plain predictions: {err}")
+    if profile is not None and out["rows"]:
         _add_host_predictions(out, cfg, log)
     out["seconds"] = time.perf_counter() - t_start
     out["load_average"]["end"] = list(os.getloadavg())  # the machines are shared: compute time varies with load
@@ -691,6 +704,7 @@ def format_rows(result: dict[str, Any]) -> str:
                      + f" ({cal['steps']} steps each; largest fit error {cal['max_rel_error']:.0%})")
     for v in (result.get("headline") or {}).values():
         lines += headline_lines(v)
+    lines += [f"FAILED {what}: {err}" for what, err in (result.get("errors") or {}).items()]
     return "\n".join(lines)
 
 

@@ -240,3 +240,52 @@ def test_repredict_recovers_the_host_model_that_made_the_measurements(tmp_path) 
     path.write_text(json.dumps(result))
     assert main(["bench", "e2e", "--from-json", str(path), "--json"]) == 0
     assert main(["bench", "e2e", "--from-json", str(tmp_path / "missing.json")]) == 2
+
+
+def test_a_failed_rate_keeps_the_rates_that_finished(monkeypatch, tmp_path, capsys) -> None:  # noqa: ANN001
+    """A driver failure ends only its rate: the other rates run, their rows are printed and written to --out, the
+    error is kept under ``errors`` and the command exits 1. The testbed, Ray and the drivers are stand-ins here
+    (the real ones run in tests/testbed/test_testbed_e2e.py); what is tested is the orchestration around them."""
+    import json
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from layeredge_dist.bench import e2e, testbed_job
+    from layeredge_dist.cli.main import main
+    from layeredge_dist.testbed import bandwidth, netns, parse_rate
+
+    class Testbed:
+        rate = ""
+        work_dir = str(tmp_path)
+
+        def set_rate(self, rate: str) -> None:
+            self.rate = parse_rate(rate).label
+
+    @contextmanager
+    def testbed_with_ray(hosts, rate, cpus, timeout_s, log):  # noqa: ANN001, ANN202
+        yield Testbed(), SimpleNamespace(address="10.0.0.1:6379"), {"hosts": []}
+
+    driven = []
+
+    def run_driver(nodes, job, timeout_s, progress):  # noqa: ANN001, ANN202
+        driven.append(job["rate"])
+        if job["rate"] == "1gbit":
+            raise e2e.E2EError("the driver for 1gbit exited with code 1: boom")
+        curve = [(10, 1.0, 3.0), (20, 2.0, 2.5)]
+        return {"runs": [_run("fp32", curve), _run("bf16", curve, step_s=0.2)], "probe": None, "plan": None,
+                "seconds": 3.0}
+
+    monkeypatch.setattr(netns, "require_tools", lambda: None)
+    monkeypatch.setattr(bandwidth, "measure_bandwidth", lambda tb, a, b, seconds: SimpleNamespace(mbit_per_s=95.0))
+    monkeypatch.setattr(testbed_job, "testbed_with_ray", testbed_with_ray)
+    monkeypatch.setattr(e2e, "_run_driver", run_driver)
+    path = tmp_path / "e2e.json"
+    argv = ["bench", "e2e", "--rates", "1gbit,100mbit", "--configs", "fp32,bf16", "--steps", "20", "--out", str(path)]
+    assert main(argv) == 1
+    assert driven == ["1gbit", "100mbit"]  # the failure did not stop the next rate
+    doc = json.loads(path.read_text())
+    assert doc["errors"] == {"1gbit": "the driver for 1gbit exited with code 1: boom"}
+    assert [(r["bandwidth"], r["config"]) for r in doc["rows"]] == [("100mbit", "fp32"), ("100mbit", "bf16")]
+    captured = capsys.readouterr()
+    assert "FAILED 1gbit: the driver for 1gbit exited with code 1: boom" in captured.out
+    assert "100mbit    bf16" in captured.out and "layeredge bench e2e: 1gbit:" in captured.err
