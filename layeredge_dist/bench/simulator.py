@@ -52,7 +52,6 @@ prediction still out of sample).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
