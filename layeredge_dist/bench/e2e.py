@@ -277,7 +277,8 @@ def run(args: argparse.Namespace) -> int:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        result = run_e2e(settings, log=log, progress=not args.json)
+        result = run_e2e(settings, log=log, progress=not args.json,
+                         save=(lambda doc: output.write_json(doc, args.out)) if args.out else None)
     except (TestbedError, E2EError) as err:
         print(f"layeredge bench e2e: {err}", file=sys.stderr)
         return 1
@@ -345,12 +346,14 @@ def _base_config(settings: E2ESettings) -> Any:
         raise ValueError(f"config error: {err}") from err
 
 
-def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
-            progress: bool = True) -> dict[str, Any]:
+def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None, progress: bool = True,
+            save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Measure the profile (if the plan is wanted), bring up the testbed and Ray, run every rate's driver inside
     host 0, tear down; returns ``{"rows", "rates", "plans", "targets", "headline", "errors", "settings", "profile",
     "seconds"}``. A rate whose driver fails (E2EError) is left out of the rows and its error kept under
-    ``errors[rate]``; the other rates still run. The testbed failing (TestbedError) or Ctrl-C ends the run."""
+    ``errors[rate]``; the other rates still run. The testbed failing (TestbedError) or Ctrl-C ends the run.
+    ``save`` gets the result so far after every rate (``partial`` true until the end), so that what finished
+    survives even this process dying."""
     from layeredge_dist.bench import testbed_job
     from layeredge_dist.testbed.bandwidth import measure_bandwidth
     from layeredge_dist.testbed.netns import require_tools
@@ -408,6 +411,8 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
             except E2EError as err:  # keep the rates done so far and go on: a driver failure ends only its rate
                 out["errors"][tb.rate] = str(err)
                 log(f"[{tb.rate}] failed, going on with the next rate: {err}")
+                if save is not None:
+                    save(out | {"partial": True})
                 continue
             out["rates"][tb.rate] = {"bandwidth_measured_mbit": bw.mbit_per_s, "probe": res.get("probe"),
                                      "seconds": res.get("seconds"), "load_average_end": list(os.getloadavg())}
@@ -423,6 +428,8 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None,
                 out["headline"][tb.rate] = v
                 for line in headline_lines(v):
                     log(line)
+            if save is not None:
+                save(out | {"partial": True})
         if profile is not None and settings.host_calib_steps > 0 and out["rows"]:
             try:
                 out["host_calibration"] = _calibrate_host(tb, nodes, settings, cfg, out, progress, log)

@@ -266,9 +266,16 @@ def test_a_failed_rate_keeps_the_rates_that_finished(monkeypatch, tmp_path, caps
         yield Testbed(), SimpleNamespace(address="10.0.0.1:6379"), {"hosts": []}
 
     driven = []
+    path = tmp_path / "e2e.json"
 
     def run_driver(nodes, job, timeout_s, progress):  # noqa: ANN001, ANN202
         driven.append(job["rate"])
+        if job["rate"] == "100mbit":  # what the rates before wrote is already on disk
+            before = json.loads(path.read_text())
+            assert before["partial"] is True and not before["rows"]
+            assert before["errors"] == {"1gbit": "the driver for 1gbit exited with code 1: boom"}
+        if job["rate"] == "10mbit":  # a finished rate was saved before the next one started
+            assert {r["bandwidth"] for r in json.loads(path.read_text())["rows"]} == {"100mbit"}
         if job["rate"] == "1gbit":
             raise e2e.E2EError("the driver for 1gbit exited with code 1: boom")
         curve = [(10, 1.0, 3.0), (20, 2.0, 2.5)]
@@ -279,13 +286,13 @@ def test_a_failed_rate_keeps_the_rates_that_finished(monkeypatch, tmp_path, caps
     monkeypatch.setattr(bandwidth, "measure_bandwidth", lambda tb, a, b, seconds: SimpleNamespace(mbit_per_s=95.0))
     monkeypatch.setattr(testbed_job, "testbed_with_ray", testbed_with_ray)
     monkeypatch.setattr(e2e, "_run_driver", run_driver)
-    path = tmp_path / "e2e.json"
-    argv = ["bench", "e2e", "--rates", "1gbit,100mbit", "--configs", "fp32,bf16", "--steps", "20", "--out", str(path)]
+    argv = ["bench", "e2e", "--rates", "1gbit,100mbit,10mbit", "--configs", "fp32,bf16", "--steps", "20", "--out", str(path)]
     assert main(argv) == 1
-    assert driven == ["1gbit", "100mbit"]  # the failure did not stop the next rate
+    assert driven == ["1gbit", "100mbit", "10mbit"]  # the failure did not stop the next rates
     doc = json.loads(path.read_text())
-    assert doc["errors"] == {"1gbit": "the driver for 1gbit exited with code 1: boom"}
-    assert [(r["bandwidth"], r["config"]) for r in doc["rows"]] == [("100mbit", "fp32"), ("100mbit", "bf16")]
+    assert doc["errors"] == {"1gbit": "the driver for 1gbit exited with code 1: boom"} and "partial" not in doc
+    assert [(r["bandwidth"], r["config"]) for r in doc["rows"]] == [
+        ("100mbit", "fp32"), ("100mbit", "bf16"), ("10mbit", "fp32"), ("10mbit", "bf16")]
     captured = capsys.readouterr()
     assert "FAILED 1gbit: the driver for 1gbit exited with code 1: boom" in captured.out
     assert "100mbit    bf16" in captured.out and "layeredge bench e2e: 1gbit:" in captured.err
