@@ -278,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         result = run_e2e(settings, log=log, progress=not args.json,
-                         save=(lambda doc: output.write_json(doc, args.out)) if args.out else None)
+                         save=(lambda doc: output.write_json(doc, args.out)) if args.out else lambda doc: None)
     except (TestbedError, E2EError) as err:
         print(f"layeredge bench e2e: {err}", file=sys.stderr)
         return 1
@@ -347,7 +347,7 @@ def _base_config(settings: E2ESettings) -> Any:
 
 
 def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None, progress: bool = True,
-            save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+            save: Callable[[dict[str, Any]], None] = lambda doc: None) -> dict[str, Any]:
     """Measure the profile (if the plan is wanted), bring up the testbed and Ray, run every rate's driver inside
     host 0, tear down; returns ``{"rows", "rates", "plans", "targets", "headline", "errors", "settings", "profile",
     "seconds"}``. A rate whose driver fails (E2EError) is left out of the rows and its error kept under
@@ -411,8 +411,7 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None, 
             except E2EError as err:  # keep the rates done so far and go on: a driver failure ends only its rate
                 out["errors"][tb.rate] = str(err)
                 log(f"[{tb.rate}] failed, going on with the next rate: {err}")
-                if save is not None:
-                    save(out | {"partial": True})
+                save(out | {"partial": True})
                 continue
             out["rates"][tb.rate] = {"bandwidth_measured_mbit": bw.mbit_per_s, "probe": res.get("probe"),
                                      "seconds": res.get("seconds"), "load_average_end": list(os.getloadavg())}
@@ -428,8 +427,7 @@ def run_e2e(settings: E2ESettings, log: Callable[[str], None] = lambda t: None, 
                 out["headline"][tb.rate] = v
                 for line in headline_lines(v):
                     log(line)
-            if save is not None:
-                save(out | {"partial": True})
+            save(out | {"partial": True})
         if profile is not None and settings.host_calib_steps > 0 and out["rows"]:
             try:
                 out["host_calibration"] = _calibrate_host(tb, nodes, settings, cfg, out, progress, log)
@@ -612,16 +610,15 @@ def _finish_rows(runs: list[dict[str, Any]], settings: E2ESettings, rate: str,
     fp32 = next((r for r in runs if r["config"] == "fp32"), None)
     target = _target(settings, fp32["val_curve"] if fp32 is not None else None)
     fp32_reps = (fp32.get("replicates") or [fp32]) if fp32 is not None else []
-    rep_targets = [_target(settings, f["val_curve"])["loss"] for f in fp32_reps]
     rows = []
     for r in runs:
         reps = []
         for i, rep in enumerate(r.get("replicates") or []):
-            ref = fp32_reps[i] if i < len(fp32_reps) else None
-            reps.append({**rep, "time_to_target_s": _time_to_target(
-                rep["val_curve"], rep_targets[i] if i < len(rep_targets) else settings.target_loss),
-                "final_gap_vs_fp32": (rep["final_val_loss"] / ref["final_val_loss"] - 1.0
-                                      if ref is not None else None)})
+            ref = fp32_reps[i] if i < len(fp32_reps) else None  # fp32's run of the same seed
+            own = _target(settings, ref["val_curve"] if ref is not None else None)["loss"]
+            reps.append({**rep, "time_to_target_s": _time_to_target(rep["val_curve"], own),
+                         "final_gap_vs_fp32": (rep["final_val_loss"] / ref["final_val_loss"] - 1.0
+                                               if ref is not None else None)})
         gaps = [g["final_gap_vs_fp32"] for g in reps if g["final_gap_vs_fp32"] is not None]
         if not reps and fp32 is not None:
             gaps = [r["final_val_loss"] / fp32["final_val_loss"] - 1.0]

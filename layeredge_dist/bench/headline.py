@@ -46,35 +46,39 @@ def targets_for(rate: str) -> Targets | None:
     return next((t for t in TARGETS if bps is not None and abs(bps - t.rate_bps) < 1e-6 * t.rate_bps), None)
 
 
-def _check(name: str, value: float | None, want: str, met: bool | None, why: str = "") -> dict[str, Any]:
-    return {"name": name, "value": value, "want": want, "met": met, "why": why}
+#: How each kind of check shows its value.
+_SHOW = {"x": "{:.2f}x", "%": "{:+.2%}", "bits": "{:.2f}"}
+
+
+def _check(name: str, value: float | None, unit: str, want: str, met: bool | None, why: str = "") -> dict[str, Any]:
+    return {"name": name, "value": value, "unit": unit, "want": want, "met": met, "why": why}
 
 
 def _speedup(rows: Mapping[str, Mapping[str, Any]], base: str, plan: Mapping[str, Any], least: float
              ) -> dict[str, Any]:
-    name = f"time to target vs {base}"
+    name, want = f"time to target vs {base}", f">= {least:g}x"
     ref = rows.get(base)
     if ref is None:
-        return _check(name, None, f">= {least:g}x", None, f"no {base} row")
+        return _check(name, None, "x", want, None, f"no {base} row")
     if ref["time_to_target_s"] is None:
-        return _check(name, None, f">= {least:g}x", None, f"{base} never reached the target")
+        return _check(name, None, "x", want, None, f"{base} never reached the target")
     if plan["time_to_target_s"] is None:
-        return _check(name, None, f">= {least:g}x", False, "the plan never reached the target")
+        return _check(name, None, "x", want, False, "the plan never reached the target")
     x = ref["time_to_target_s"] / plan["time_to_target_s"]
-    return _check(name, x, f">= {least:g}x", x >= least)
+    return _check(name, x, "x", want, x >= least)
 
 
 def _loss(plan: Mapping[str, Any], tolerance: float) -> dict[str, Any]:
     name, want = "final val loss vs fp32", f"<= +{tolerance:.0%}"
     gap = plan.get("final_gap_vs_fp32")
     if not gap:
-        return _check(name, None, want, None, "no fp32 row")
+        return _check(name, None, "%", want, None, "no fp32 row")
     if gap["n"] < 2:
-        return _check(name, gap["mean"], want, None, "one seed cannot decide it (its gap is one draw): --seeds 3 "
+        return _check(name, gap["mean"], "%", want, None, "one seed cannot decide it (its gap is one draw): --seeds 3 "
                       "or more")
     lo, hi = gap["mean"] - 2.0 * gap["se"], gap["mean"] + 2.0 * gap["se"]
     met = True if hi <= tolerance else False if lo > tolerance else None
-    return _check(name, gap["mean"], want, met, f"mean {gap['mean']:+.2%}, two standard errors "
+    return _check(name, gap["mean"], "%", want, met, f"mean {gap['mean']:+.2%}, two standard errors "
                   f"[{lo:+.2%}, {hi:+.2%}] over {gap['n']} seeds")
 
 
@@ -95,7 +99,7 @@ def verdict(rows: Sequence[Mapping[str, Any]], rate: str) -> dict[str, Any] | No
     for side, most in (("fwd", t.bits_fwd), ("bwd", t.bits_bwd)):
         if most is not None:
             bits = plan[f"bits_{side}"]
-            checks.append(_check(f"bits {'forward' if side == 'fwd' else 'backward'}", bits, f"<= {most:g}",
+            checks.append(_check(f"bits {'forward' if side == 'fwd' else 'backward'}", bits, "bits", f"<= {most:g}",
                                  bits <= most + 1e-9))
     met = [c["met"] for c in checks]
     return {"rate": rate, "checks": checks,
@@ -107,8 +111,7 @@ def lines(v: Mapping[str, Any]) -> list[str]:
     word = {True: "met", False: "NOT met", None: "undecided"}
     out = [f"headline at {v['rate']}: {word[v['met']]}"]
     for c in v["checks"]:
-        value = "-" if c["value"] is None else (f"{c['value']:+.2%}" if "loss" in c["name"] else
-                                                f"{c['value']:.2f}x" if "time" in c["name"] else f"{c['value']:.2f}")
+        value = "-" if c["value"] is None else _SHOW[c["unit"]].format(c["value"])
         out.append(f"  {c['name']}: {value} (want {c['want']}): {word[c['met']]}" + (f"; {c['why']}" if c["why"]
                                                                                      else ""))
     return out

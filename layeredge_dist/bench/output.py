@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def check(args: argparse.Namespace) -> str | None:
     """Why ``args.out`` cannot be written (its directory is missing or not writable), else None."""
     path = getattr(args, "out", None)
-    if path and not os.access(os.path.dirname(os.path.abspath(path)) or ".", os.W_OK):
+    if path and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
         return f"--out {path}: its directory does not exist or is not writable"
     return None
 

@@ -75,7 +75,6 @@ def merge(runs: Sequence[Mapping[str, Any]], skip_steps: int) -> dict[str, Any]:
         out.update(step_s=statistics.median(steady), step_s_mean=statistics.fmean(steady),
                    step_seconds=[t for r in runs for t in r["step_seconds"]],
                    val_curve=mean_of([r["val_curve"] for r in runs]))
-        out["final_val_loss"] = statistics.fmean(r["final_val_loss"] for r in runs)
     out.pop("seed", None)
     out["seeds"] = [r.get("seed") for r in runs]
     out["replicates"] = replicates

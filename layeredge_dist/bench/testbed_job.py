@@ -25,8 +25,8 @@ Drive = Callable[[dict[str, Any], Callable[[str], None]], dict[str, Any]]
 
 def driver_main(drive: Drive) -> None:
     """Entry of the driver process: read the job named by ``sys.argv[1]``, run ``drive(job, log)`` (log lines go
-    to stderr), add its wall ``seconds`` and write the result to ``job["out"]`` (:func:`~layeredge_dist.bench.output.write_json`,
-    so a reader never sees half a result)."""
+    to stderr), add its wall ``seconds`` and write the result to ``job["out"]``
+    (:func:`~layeredge_dist.bench.output.write_json`, so a reader never sees half a result)."""
     with open(sys.argv[1]) as f:
         job = json.load(f)
     t0 = time.perf_counter()
