@@ -11,7 +11,7 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "layeredge_dist"
 
 #: Layer rank, low to high; a module may import only packages of equal or lower rank (and never ``cli``).
 RANK = {
-    "types": 0, "config": 0,
+    "types": 0, "config": 0, "files": 0,
     "metrics": 1,
     "codecs": 2, "model": 2,
     "prune": 3, "measure": 3, "schedule": 3,  # schedule is pure data + simulator: the planner builds on it

@@ -94,7 +94,7 @@ from typing import Any
 from layeredge_dist.bench import output
 from layeredge_dist.bench.headline import lines as headline_lines
 from layeredge_dist.bench.headline import verdict
-from layeredge_dist.bench.replicates import merge, seed_overrides, spread
+from layeredge_dist.bench.replicates import merge, spread
 
 #: The demo's batch shape and schedule (3 stages, 1F1B); no checkpoints, no metrics.
 DEMO = ("data.batch_size=8", "data.context=128", "pipeline.microbatches=4", "pipeline.stages=3",
@@ -724,7 +724,7 @@ def _driver_main() -> None:
 
 def drive(job: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     """Connect to the testbed's Ray cluster and train every configuration of ``job`` (see :func:`run_e2e`)."""
-    from layeredge_dist.config import with_overrides, RunConfig
+    from layeredge_dist.config import RunConfig, reseeded, with_overrides
     from layeredge_dist.pipeline.cluster import connect
 
     s = job["settings"]
@@ -737,7 +737,7 @@ def drive(job: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
         replicates: dict[str, list[dict[str, Any]]] = {name: [] for name in s["configs"]}
         n_seeds = int(s.get("seeds", 1))
         for k in range(n_seeds):  # seeds outermost: a drift in the machine's load hits every configuration alike
-            seeded = with_overrides(cfg, seed_overrides(cfg.data.seed, cfg.model.seed, k))
+            seeded = reseeded(cfg, k)
             for name in s["configs"]:
                 if name in chosen:
                     overrides = chosen[name]

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from layeredge_dist.files import atomic_write_json
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``--json`` and ``--out FILE``."""
@@ -41,15 +43,9 @@ def progress(args: argparse.Namespace) -> Callable[[str], None]:
 
 
 def write_json(doc: Any, path: str) -> None:
-    """Write ``doc`` as JSON to ``path`` whole or not at all (:func:`layeredge_dist.stage.checkpoint.atomic_write`:
-    a temporary file, fsynced, renamed over it). Values JSON cannot hold are written as their ``str``. Raises
-    OSError when the file cannot be written."""
-    from pathlib import Path
-
-    from layeredge_dist.stage.checkpoint import atomic_write
-
-    data = json.dumps(doc, default=str).encode()
-    atomic_write(Path(path), lambda f: f.write(data))
+    """Write ``doc`` as JSON to ``path`` whole or not at all (:func:`layeredge_dist.files.atomic_write_json`).
+    Values JSON cannot hold are written as their ``str``. Raises OSError when the file cannot be written."""
+    atomic_write_json(path, doc)
 
 
 def emit(doc: Any, args: argparse.Namespace, indent: int | None = None) -> bool:

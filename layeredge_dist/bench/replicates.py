@@ -2,10 +2,9 @@
 
 One seed's final loss is one draw. On the demo over 300 steps, single runs with codecs whose error on the cut
 activations is below 1 % ended anywhere from +1.7 % to +19.8 % above fp32 (docs/benchmarks.md, the one-seed
-spread). So a criterion such as "within 1 % of fp32" needs several seeds. Replicate ``k`` trains with
-``data.seed + k`` and ``model.seed + k``: other batches, other initial weights and other codec draws (the stages
-seed their randomized codecs from ``data.seed``). Every configuration of a benchmark trains once per seed, so its
-comparison with fp32 is paired by seed.
+spread). So a criterion such as "within 1 % of fp32" needs several seeds. Replicate ``k`` trains
+:func:`layeredge_dist.config.reseeded` ``(cfg, k)``: other batches, other initial weights and other codec draws.
+Every configuration of a benchmark trains once per seed, so its comparison with fp32 is paired by seed.
 
 Pure bookkeeping: no Ray, no training.
 """
@@ -16,13 +15,6 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-
-def seed_overrides(data_seed: int, model_seed: int, k: int) -> list[str]:
-    """The run-config overrides of replicate ``k`` (``k = 0`` is the base run, with no overrides)."""
-    if k < 0:
-        raise ValueError(f"replicate index must be >= 0, got {k}")
-    return [f"data.seed={data_seed + k}", f"model.seed={model_seed + k}"] if k else []
 
 
 def mean_of(values: Sequence[Any]) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .describe import describe_fields, format_help
 from .errors import ConfigError
-from .load import config_from_dict, config_to_dict, dump_yaml, load_config, with_overrides
+from .load import config_from_dict, config_to_dict, dump_yaml, load_config, reseeded, with_overrides
 from .run import (
     ClusterConfig,
     CodecConfig,
@@ -41,5 +41,6 @@ __all__ = [
     "dump_yaml",
     "format_help",
     "load_config",
+    "reseeded",
     "with_overrides",
 ]

@@ -71,6 +71,16 @@ def with_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
     return config_from_dict(tree)
 
 
+def reseeded(cfg: RunConfig, k: int) -> RunConfig:
+    """Replicate ``k`` of ``cfg``: ``data.seed + k`` and ``model.seed + k`` (other batches, other initial weights
+    and, since the stages seed their randomized codecs from ``data.seed``, other codec draws); ``k = 0`` is
+    ``cfg`` itself. Benchmarks over several seeds and the planner's multi-seed trials use it, so both mean the
+    same runs by "seed k". ValueError for ``k < 0``."""
+    if k < 0:
+        raise ValueError(f"replicate index must be >= 0, got {k}")
+    return with_overrides(cfg, [f"data.seed={cfg.data.seed + k}", f"model.seed={cfg.model.seed + k}"] if k else [])
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``"a.b.c=value"`` into (``["a", "b", "c"]``, parsed value).
 

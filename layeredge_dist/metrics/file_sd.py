@@ -1,10 +1,10 @@
 """Prometheus file service discovery: the JSON file that tells Prometheus which exporters to scrape.
 
 Format (Prometheus ``file_sd_configs``): a JSON list of target groups ``{"targets": ["host:port"], "labels":
-{...}}``. :func:`write_file_sd` writes one group per named exporter, atomically: a temporary file in the same
-directory (named ``.<name>.<random>.tmp``, so a ``*.json`` glob in ``file_sd_configs`` never matches it) is
-written, fsynced, made world-readable and renamed over the target, then the directory is fsynced. Prometheus
-therefore reads either the old or the new file, never a partial one.
+{...}}``. :func:`write_file_sd` writes one group per named exporter, atomically
+(:func:`layeredge_dist.files.atomic_write`: the temporary file is named ``.<name>.<random>.tmp``, so a ``*.json``
+glob in ``file_sd_configs`` never matches it, and the result is world-readable). Prometheus therefore reads either
+the old or the new file, never a partial one.
 
 Target labels must not reuse a metric label name (``stage``, ``edge``, ...): Prometheus would rename the
 series' own label to ``exported_<name>``. Each group is labelled ``job`` (default ``layeredge``) and
@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from typing import Any
+
+from layeredge_dist.files import atomic_write_json
 
 from .labels import ALLOWED_LABELS
 
@@ -74,29 +75,7 @@ def write_file_sd(
     for name, addr in targets.items():
         labels = _check_labels(f"target {name!r}", {"job": DEFAULT_JOB, "process": name, **extra.get(name, {})})
         groups.append({"targets": [_check_target(name, addr)], "labels": labels})
-    data = (json.dumps(groups, indent=2, sort_keys=True) + "\n").encode()
-
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; Prometheus often runs as another user
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write_json(path, groups, indent=2, sort_keys=True)
     return groups
 
 

@@ -2,7 +2,7 @@
 
 Layout under a checkpoint directory::
 
-    step00000050/stage0.pt   stage1.pt ...   (each written to a temp file, fsynced, then renamed)
+    step00000050/stage0.pt   stage1.pt ...   (each written whole or not at all: layeredge_dist.files)
     latest.json                              ({"step": 50, "num_stages": 3, ...}, written by the driver only
                                               after every stage of that step has saved)
 
@@ -13,7 +13,6 @@ half-written checkpoint looking complete.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,36 +20,14 @@ from typing import Any
 
 import torch
 
+from layeredge_dist.files import atomic_write
+
 MANIFEST = "latest.json"
 
 
 def step_dir(directory: str | Path, step: int) -> Path:
     """Directory of the checkpoint taken after optimizer step ``step``."""
     return Path(directory) / f"step{step:08d}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Write via ``write(file_object)`` to a temp file next to ``path``, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 def save_stage(directory: str | Path, step: int, stage: int, state: Mapping[str, Any]) -> Path:

@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from layeredge_dist.files import atomic_write_json
+
 __all__ = [
     "Shaping",
     "Testbed",
@@ -329,12 +331,6 @@ def _locked(directory: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def _read_states(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -724,4 +720,4 @@ class Testbed:
 
     def _save(self) -> None:
         self.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        _write_json(self.state_path, self._state())
+        atomic_write_json(self.state_path, self._state(), indent=1)

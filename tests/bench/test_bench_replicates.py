@@ -1,4 +1,4 @@
-"""Replicate runs over seeds (merge, spread, overrides) and the e2e headline verdict; pure bookkeeping."""
+"""Replicate runs over seeds (merge, spread) and the e2e headline verdict; pure bookkeeping."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 
 from layeredge_dist.bench.headline import lines, targets_for, verdict
-from layeredge_dist.bench.replicates import mean_of, merge, seed_overrides, spread
+from layeredge_dist.bench.replicates import mean_of, merge, spread
 
 
 def _run(seed: int, curve: list[tuple[int, float, float]], steps: list[float], bits: float = 4.0) -> dict:
@@ -18,13 +18,6 @@ def _run(seed: int, curve: list[tuple[int, float, float]], steps: list[float], b
             "codecs": {"forward": "int4/rht"}, "cuts": [2], "placement": [{"stage": 0}], "overrides": ["x=1"],
             "stage_medians": [{"forward_s": 0.1 * seed}],
             "val_curve": [{"step": s, "train_s": t, "wall_s": t, "val_loss": v} for s, t, v in curve]}
-
-
-def test_seed_overrides_shift_both_seeds_and_leave_the_base_run_alone() -> None:
-    assert seed_overrides(0, 0, 0) == []
-    assert seed_overrides(5, 7, 2) == ["data.seed=7", "model.seed=9"]
-    with pytest.raises(ValueError):
-        seed_overrides(0, 0, -1)
 
 
 def test_spread_is_mean_sample_sd_and_standard_error() -> None:

@@ -26,6 +26,7 @@ from layeredge_dist.config import (
     config_to_dict,
     dump_yaml,
     load_config,
+    reseeded,
     with_overrides,
 )
 
@@ -182,6 +183,15 @@ def test_with_overrides_applies_in_order_and_keeps_original() -> None:
     assert out.train.steps == 6 and base.train.steps == 200
     assert with_overrides(base, []) is base
     assert with_overrides(base, "train.steps=9").train.steps == 9  # a lone string is one override
+
+
+def test_reseeded_shifts_both_seeds_and_leaves_the_base_run_alone() -> None:
+    base = with_overrides(RunConfig(), ["data.seed=5", "model.seed=7", "train.steps=9"])
+    assert reseeded(base, 0) is base
+    two = reseeded(base, 2)
+    assert (two.data.seed, two.model.seed, two.train.steps) == (7, 9, 9) and base.data.seed == 5
+    with pytest.raises(ValueError, match=">= 0"):
+        reseeded(base, -1)
 
 
 # ------------------------------------------------------------------------------------------------ errors

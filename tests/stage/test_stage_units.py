@@ -41,7 +41,7 @@ from layeredge_dist.stage import (
     wire_microbatch,
     write_manifest,
 )
-from layeredge_dist.stage.checkpoint import MANIFEST, atomic_write, load_stage, save_stage, step_dir
+from layeredge_dist.stage.checkpoint import MANIFEST, load_stage, save_stage, step_dir
 from layeredge_dist.stage.endpoint import frame_seed
 from layeredge_dist.transport import TransportConfig
 from layeredge_dist.types import Direction, EdgeId, EdgeStats, TensorRole
@@ -300,22 +300,6 @@ def test_read_manifest_absent_or_corrupt(tmp_path: Path) -> None:
         read_manifest(tmp_path)
     (tmp_path / MANIFEST).write_text(json.dumps({"step": 4}))
     assert read_manifest(tmp_path) == {"step": 4}
-
-
-def test_atomic_write_failure_keeps_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
-    target = tmp_path / "data.bin"
-    atomic_write(target, lambda f: f.write(b"old contents"))
-
-    def broken(f: object) -> None:
-        f.write(b"half of the new")  # type: ignore[attr-defined]
-        raise RuntimeError("disk on fire")
-
-    with pytest.raises(RuntimeError, match="disk on fire"):
-        atomic_write(target, broken)
-    assert target.read_bytes() == b"old contents"
-    assert os.listdir(tmp_path) == ["data.bin"]
-    atomic_write(target, lambda f: f.write(b"new"))
-    assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["data.bin"]
 
 
 # ---- Endpoint over real loopback gRPC ------------------------------------------------------------------------
