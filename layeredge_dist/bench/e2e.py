@@ -20,7 +20,9 @@ c. ``plan``: the planner's plan (:func:`layeredge_dist.pipeline.planning.choose_
    and 4 in-process, each with all its codecs in place, for N steps from the calibration point, and takes the
    fastest predicted one whose measured gap fits the budget -- unless a negative control (bf16 on every edge)
    moves the loss by more than the budget, when the trial cannot resolve it and the additive plan is kept
-   (:func:`~layeredge_dist.pipeline.planning.choose_verified_plan`): the per-codec gaps do not add up;
+   (:func:`~layeredge_dist.pipeline.planning.choose_verified_plan`), because the per-codec gaps do not add up.
+   Each trial runs over ``--verify-seeds K`` seeds (default 3) and the mean gaps decide, since one 60-step
+   trial's gap is largely a draw;
 d. ``strong``: a fixed aggressive configuration, forward ``--strong-forward`` (default ``klt:3``: transform coding
    at 3 bits per element) and backward ``--strong-backward`` (default ``int4/rht/sr``: rotated 4-bit with unbiased
    stochastic rounding, stateless), the pair that trained like fp32 in every seed of the 4-seed in-process study
@@ -132,6 +134,7 @@ class E2ESettings:
     trial_steps: int = 60
     trial_batches: int = 8
     verify_steps: int = 60
+    verify_seeds: int = 3
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES
     backward_candidates: tuple[str, ...] = DEFAULT_BACKWARD
     strong_forward: str = "klt:3"
@@ -161,8 +164,9 @@ class E2ESettings:
             raise ValueError("need at least one rate")
         if self.trial_steps < 0 or self.trial_batches < 1:
             raise ValueError("need trial_steps >= 0 and trial_batches >= 1")
-        if self.verify_steps < 0:
-            raise ValueError(f"verify_steps must be >= 0, got {self.verify_steps}")
+        if self.verify_steps < 0 or self.verify_seeds < 1:
+            raise ValueError(f"need verify_steps >= 0 and verify_seeds >= 1, got {self.verify_steps}, "
+                             f"{self.verify_seeds}")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
             raise ValueError(f"warmup_steps must be in [0, steps = {self.steps}], got {self.warmup_steps}")
         if self.seeds < 1:
@@ -203,6 +207,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"in place and keep the fastest whose measured gap fits the budget, unless a bf16 control moves the "
                    f"loss by more than the budget (default {d.verify_steps}; 0 = the additive plan as is; needs a "
                    "budget)")
+    p.add_argument("--verify-seeds", type=int, default=d.verify_seeds, metavar="K",
+                   help=f"repeat each verification trial over K seeds (other batches, initial weights and codec "
+                   f"draws) and compare the mean gaps: one short trial's gap is mostly the draw of a chaotic run "
+                   f"(default {d.verify_seeds}; costs K x the verification time)")
     p.add_argument("--trial-batches", type=int, default=d.trial_batches,
                    help=f"validation batches scoring each trial (default {d.trial_batches})")
     p.add_argument("--codecs", default=",".join(d.candidates),
@@ -260,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
             strong_forward=args.strong_forward, strong_backward=args.strong_backward,
             calib_steps=args.calib_steps, calib_batches=args.calib_batches, hosts=args.hosts,
             trial_steps=args.trial_steps, trial_batches=args.trial_batches, verify_steps=args.verify_steps,
+            verify_seeds=args.verify_seeds,
             host_calib_steps=args.host_calib_steps, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
             seeds=args.seeds, overrides=tuple(args.overrides))
         _base_config(settings)
@@ -848,7 +857,7 @@ def _choose_plan(profile_dict: dict[str, Any] | None, cfg: Any, cluster: Any, s:
     verification = None
     if s.get("verify_steps", 0) and s["budget"] is not None:
         verify = planning.trial_verifier(cfg, int(s["calib_steps"]), int(s["verify_steps"]), int(s["trial_batches"]),
-                                         log=log)
+                                         log=log, seeds=int(s.get("verify_seeds", 1)))
         plan, base, ver = planning.choose_verified_plan(profile, cfg.pipeline.stages, cluster, candidates,
                                                         budget=s["budget"], verify=verify,
                                                         schedule=cfg.pipeline.schedule, speeds=speeds)

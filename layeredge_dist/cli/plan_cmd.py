@@ -87,6 +87,10 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
                    "whose measured validation-loss gap fits --budget is kept, unless a bf16 control run moves the "
                    "loss by more than --budget (then the additive plan is kept) (default 0: the additive plan; needs "
                    "--budget, best with --trial-steps so that the budget is in nats; not with --what-if)")
+    p.add_argument("--verify-seeds", type=int, default=1, metavar="K",
+                   help="with --verify-steps: repeat every trial over K seeds (other batches, initial weights and "
+                   "codec draws) and compare the mean gaps, which a single short trial leaves to chance "
+                   "(default 1; costs K x the trial time)")
     p.add_argument("--plot", metavar="PATH", default=None, help="write a timeline and bytes-per-link PNG here")
     p.set_defaults(func=run_plan)
 
@@ -176,8 +180,10 @@ def run_plan(args: argparse.Namespace) -> int:
         return _usage(f"plan supports the gpipe and 1f1b schedules, not {cfg.pipeline.schedule!r}")
     if args.blocks is not None and (not args.what_if or args.blocks < 2):
         return _usage("--blocks N (N >= 2) goes with --what-if")
-    if args.calib_batches < 1 or args.calib_steps < 0 or args.trial_steps < 0 or args.verify_steps < 0:
-        return _usage("--calib-batches must be >= 1, --calib-steps, --trial-steps and --verify-steps >= 0")
+    if (args.calib_batches < 1 or args.verify_seeds < 1 or args.calib_steps < 0 or args.trial_steps < 0
+            or args.verify_steps < 0):
+        return _usage("--calib-batches and --verify-seeds must be >= 1, --calib-steps, --trial-steps and "
+                      "--verify-steps >= 0")
     if args.verify_steps and (objective != "time" or args.budget is None or args.what_if):
         return _usage("--verify-steps goes with --budget (objective time) on the configured model, not --what-if")
 
@@ -233,7 +239,8 @@ def run_plan(args: argparse.Namespace) -> int:
     verification = None
     try:
         if args.verify_steps:
-            verify = planning.trial_verifier(cfg, args.calib_steps, args.verify_steps, log=log)
+            verify = planning.trial_verifier(cfg, args.calib_steps, args.verify_steps, log=log,
+                                             seeds=args.verify_seeds)
             plan, baselines, verification = planning.choose_verified_plan(
                 profile, nodes, cluster, codecs, budget=args.budget, verify=verify,
                 schedule=cfg.pipeline.schedule, score=args.score)

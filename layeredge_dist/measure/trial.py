@@ -226,24 +226,57 @@ BoundaryCodecs = Mapping[int, tuple[str | None, str | None]]
 class PlanTrialResult:
     """Validation losses (nats) after ``steps`` training steps: ``exact`` with exact edges and ``losses[i]`` with
     plan ``i``'s codecs on its boundaries in both directions at once; ``train_losses`` / ``exact_train`` the mean
-    training loss of the last ``min(steps, 10)`` steps (non-finite: training diverged)."""
+    training loss of the last ``min(steps, 10)`` steps (non-finite: training diverged). A result over several
+    seeds (:meth:`mean`) holds the means, and the single-seed results under ``replicates``."""
 
     steps: int
     exact: float
     losses: tuple[float, ...]
     exact_train: float
     train_losses: tuple[float, ...]
+    replicates: tuple[PlanTrialResult, ...] = ()
 
     def gap(self, i: int) -> float:
-        """Validation-loss gap of plan ``i`` to the exact run (nats; ``inf`` when it diverged)."""
+        """Validation-loss gap of plan ``i`` to the exact run (nats; ``inf`` when it diverged): over several seeds
+        the mean of the paired per-seed gaps, ``inf`` when any seed diverged."""
         v = self.losses[i]
         return v - self.exact if math.isfinite(v) else math.inf
 
+    def gaps(self, i: int) -> tuple[float, ...]:
+        """Plan ``i``'s gap in each seed (nats, as :meth:`gap`); one element for a single-seed result."""
+        return tuple(r.gap(i) for r in self.replicates) if self.replicates else (self.gap(i),)
+
+    @classmethod
+    def mean(cls, results: Sequence[PlanTrialResult]) -> PlanTrialResult:
+        """One result from trials of the same plans over several seeds: every loss is the mean over the seeds (a
+        plan that diverged in any seed is diverged, ``inf``), so :meth:`gap` is the mean of the paired gaps, and
+        ``replicates`` keeps the inputs. One result is returned as it is. ValueError for no results, or results
+        of different step counts or numbers of plans."""
+        if not results:
+            raise ValueError("no trial results to average")
+        if len(results) == 1:
+            return results[0]
+        if len({(r.steps, len(r.losses)) for r in results}) != 1:
+            raise ValueError("trial results to average differ in steps or number of plans: "
+                             f"{[(r.steps, len(r.losses)) for r in results]}")
+
+        def avg(xs: Sequence[float]) -> float:
+            return sum(xs) / len(xs) if all(math.isfinite(x) for x in xs) else math.inf
+
+        n = len(results[0].losses)
+        return cls(results[0].steps, avg([r.exact for r in results]),
+                   tuple(avg([r.losses[i] for r in results]) for i in range(n)),
+                   avg([r.exact_train for r in results]),
+                   tuple(avg([r.train_losses[i] for r in results]) for i in range(n)), tuple(results))
+
     def to_dict(self) -> dict[str, object]:
-        """Plain data (JSON-compatible; non-finite losses as None)."""
-        return {"steps": self.steps, "exact": self.exact, "exact_train": self.exact_train,
-                "losses": [finite_or_none(v) for v in self.losses],
-                "train_losses": [finite_or_none(v) for v in self.train_losses]}
+        """Plain data (JSON-compatible; non-finite losses as None); ``replicates`` only over several seeds."""
+        out: dict[str, object] = {"steps": self.steps, "exact": self.exact, "exact_train": self.exact_train,
+                                  "losses": [finite_or_none(v) for v in self.losses],
+                                  "train_losses": [finite_or_none(v) for v in self.train_losses]}
+        if self.replicates:
+            out["replicates"] = [r.to_dict() for r in self.replicates]
+        return out
 
 
 def plan_losses(parts: Sequence[Partition],

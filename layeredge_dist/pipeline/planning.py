@@ -345,32 +345,49 @@ def _trial_inputs(cfg: RunConfig, calib_steps: int, trial_steps: int, trial_batc
 
 
 def trial_verifier(cfg: RunConfig, calib_steps: int, trial_steps: int, trial_batches: int = TRIAL_BATCHES,
-                   log: Callable[[str], None] = lambda _t: None) -> Callable[[Sequence[Any]], Any]:
+                   log: Callable[[str], None] = lambda _t: None, seeds: int = 1) -> Callable[[Sequence[Any]], Any]:
     """The ``verify`` argument of :func:`choose_verified_plan` for ``cfg``'s model: :func:`trial_plans` with
     these settings, announcing each call on ``log``."""
     def verify(plans: Sequence[Any]) -> Any:
-        log(f"verifying {len(plans)} plan(s): {trial_steps} in-process training steps each (1 thread) ...")
-        return trial_plans(cfg, plans, calib_steps, trial_steps, trial_batches, log=log)
+        log(f"verifying {len(plans)} plan(s): {trial_steps} in-process training steps each (1 thread)"
+            + (f", over {seeds} seeds" if seeds > 1 else "") + " ...")
+        return trial_plans(cfg, plans, calib_steps, trial_steps, trial_batches, log=log, seeds=seeds)
     return verify
 
 
 def trial_plans(cfg: RunConfig, plans: Sequence[Any], calib_steps: int, trial_steps: int, trial_batches: int,
-                threads: int | None = 1, log: Callable[[str], None] = lambda _t: None) -> Any:
+                threads: int | None = 1, log: Callable[[str], None] = lambda _t: None, seeds: int = 1) -> Any:
     """Train ``cfg``'s model in this process with each :class:`~layeredge_dist.plan.Plan` of ``plans`` in place
     (its cuts, every edge's forward and backward codec at once) for ``trial_steps`` steps from the same point as
     :func:`calibrate_by_trial` (``calib_steps`` steps of exact training, the same batches after them), and once
     with exact edges; the :class:`~layeredge_dist.measure.trial.PlanTrialResult` (validation losses on
-    ``trial_batches`` held-out batches; ``gap(i)`` in nats). Cost: ``(1 + len(plans)) x trial_steps`` training
-    steps of the whole model. ValueError for ``trial_steps < 1``, an interleaved plan or a plan that cuts past the
-    model's blocks; CodecError for a codec the trial cannot load."""
-    from layeredge_dist.measure.trial import plan_losses
+    ``trial_batches`` held-out batches; ``gap(i)`` in nats).
 
-    if trial_steps < 1 or trial_batches < 1:
-        raise ValueError(f"need trial_steps >= 1 and trial_batches >= 1, got {trial_steps}, {trial_batches}")
+    With ``seeds`` > 1 all of that is repeated for each replicate ``k`` of :func:`layeredge_dist.config.reseeded`
+    (other batches, initial weights and codec draws) and the result is the mean over seeds
+    (:meth:`~layeredge_dist.measure.trial.PlanTrialResult.mean`): one short trial's gap is largely the draw of a
+    chaotic run, and the mean of ``seeds`` paired gaps shrinks that noise by about ``sqrt(seeds)``.
+
+    Cost: ``seeds x (1 + len(plans)) x trial_steps`` training steps of the whole model, plus ``seeds x
+    calib_steps``. ValueError for ``trial_steps``, ``trial_batches`` or ``seeds`` < 1, an interleaved plan or a
+    plan that cuts past the model's blocks; CodecError for a codec the trial cannot load."""
+    from layeredge_dist.config import reseeded
+    from layeredge_dist.measure.trial import PlanTrialResult, plan_losses
+
+    if trial_steps < 1 or trial_batches < 1 or seeds < 1:
+        raise ValueError(f"need trial_steps, trial_batches and seeds >= 1, got {trial_steps}, {trial_batches}, "
+                         f"{seeds}")
     boundaries = [p.boundary_codecs() for p in plans]
+    results = []
     with torch_threads(threads):
-        _, _, parts, make_optimizer, steps, val = _trial_inputs(cfg, calib_steps, trial_steps, trial_batches)
-        return plan_losses(parts, make_optimizer, steps, val, boundaries, seed=cfg.model.seed, progress=log)
+        for k in range(seeds):
+            c = reseeded(cfg, k)
+            if seeds > 1:
+                log(f"trial seed {k + 1} of {seeds} (data.seed {c.data.seed}, model.seed {c.model.seed})")
+            _, _, parts, make_optimizer, steps, val = _trial_inputs(c, calib_steps, trial_steps, trial_batches)
+            results.append(plan_losses(parts, make_optimizer, steps, val, boundaries, seed=c.model.seed,
+                                       progress=log))
+    return PlanTrialResult.mean(results)
 
 
 def _measure(cfg: RunConfig, calib_batches: int, calib_steps: int, lossy: list[str], reps: int, sensitivity: bool,
@@ -742,13 +759,14 @@ class Verification:
         budget: the accuracy budget (nats) the trial gaps were held to.
         candidates: per distinct candidate plan ``{"factors": [budget multiples that gave it], "cuts",
             "codecs", "step_time_s" (predicted), "score" (the planner's additive score, nats), "trial_gap"
-            (measured, nats; None when training diverged)}``, in the order of the smallest factor.
+            (measured, nats; None when training diverged; over several seeds the mean, and "trial_gaps" each
+            seed's)}``, in the order of the smallest factor.
         chosen: index into ``candidates``.
         reason: why that one.
         trial: the trial's plain data (:meth:`~layeredge_dist.measure.trial.PlanTrialResult.to_dict`; the
             controls' losses follow the candidates').
-        controls: per distinct cuts of the candidates ``{"cuts", "codec", "trial_gap"}``: the control codec on
-            every edge and direction, trained the same way.
+        controls: per distinct cuts of the candidates ``{"cuts", "codec", "trial_gap"}`` (and "trial_gaps" over
+            several seeds): the control codec on every edge and direction, trained the same way.
         noise: the largest control gap in absolute value (nats; inf when a control diverged, 0 without
             controls): how far the trial moves the loss for a perturbation that costs nothing by itself.
     """
@@ -779,15 +797,19 @@ class Verification:
         def gap(v: float | None) -> str:
             return "diverged" if v is None else f"{v:+.4f}"
 
+        def trial(c: Mapping[str, Any]) -> str:
+            seeds = c.get("trial_gaps")
+            return f"trial gap {gap(c['trial_gap'])}" + (
+                f" (mean of {len(seeds)} seeds: {', '.join(gap(v) for v in seeds)})" if seeds else "")
+
         out = []
         for i, c in enumerate(self.candidates):
             codecs = ", ".join(f"{e} {v.get('forward', 'fp32')} | {v.get('backward', 'fp32')}"
                                for e, v in c["codecs"].items())
             out.append(f"{'*' if i == self.chosen else ' '} budget x {','.join(f'{f:g}' for f in c['factors'])}: "
                        f"cuts {c['cuts']}, {codecs}; predicted {c['step_time_s']:.4g} s, additive score "
-                       f"{c['score']:.4f}, trial gap {gap(c['trial_gap'])}")
-        out += [f"  control: cuts {c['cuts']}, {c['codec']} everywhere, trial gap {gap(c['trial_gap'])}"
-                for c in self.controls]
+                       f"{c['score']:.4f}, {trial(c)}")
+        out += [f"  control: cuts {c['cuts']}, {c['codec']} everywhere, {trial(c)}" for c in self.controls]
         return out + [f"chosen: {self.reason} (budget {self.budget:g} nats)"]
 
 
@@ -862,13 +884,19 @@ def choose_verified_plan(profile: ModelProfile, nodes: int, cluster: Any, candid
         chosen = min(range(len(plans)), key=lambda i: (gaps[i], plans[i].step_time_s))
         reason = "no candidate's trial gap fits the budget: the smallest gap"
 
+    def per_seed(i: int) -> dict[str, Any]:
+        seeds = result.gaps(i)
+        return {"trial_gaps": [finite_or_none(g) for g in seeds]} if len(seeds) > 1 else {}
+
     rows = tuple({"factors": sources[i], "cuts": list(p.cuts), "codecs": p.codecs_dict(),
-                  "step_time_s": p.step_time_s, "score": p.total_sensitivity, "trial_gap": finite_or_none(gaps[i])}
-                 for i, p in enumerate(plans))
-    ctl = tuple({"cuts": list(c), "codec": control, "trial_gap": finite_or_none(g)}
-                for c, g in zip(control_cuts, control_gaps))
+                  "step_time_s": p.step_time_s, "score": p.total_sensitivity, "trial_gap": finite_or_none(gaps[i]),
+                  **per_seed(i)} for i, p in enumerate(plans))
+    ctl = tuple({"cuts": list(c), "codec": control, "trial_gap": finite_or_none(g), **per_seed(len(plans) + j)}
+                for j, (c, g) in enumerate(zip(control_cuts, control_gaps)))
     best = plans[chosen]
-    note = (f"checked by a {result.steps}-step trial with all codecs in place: gap {gaps[chosen]:+.4f} nats "
+    n_seeds = len(result.gaps(chosen))
+    note = (f"checked by a {result.steps}-step trial with all codecs in place"
+            + (f", mean of {n_seeds} seeds" if n_seeds > 1 else "") + f": gap {gaps[chosen]:+.4f} nats "
             f"(budget {budget:g}; additive score {best.total_sensitivity:.4f}; control noise {noise:.4f}); "
             f"{len(plans)} candidate(s) from budget x {', '.join(f'{f:g}' for f in sorted(set(factors)))}")
     best = replace(best, budget=budget, notes=tuple(best.notes) + (note,))

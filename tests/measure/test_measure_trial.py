@@ -121,3 +121,22 @@ def test_plan_losses_bad_inputs() -> None:
         plan_losses(parts, _adam, steps, val, [{0: (None, "int9")}])
     with pytest.raises(ValueError, match="at least one training step"):
         plan_losses(parts, _adam, [], val, [{}])
+
+
+def test_plan_trial_mean_is_the_mean_of_paired_gaps_and_keeps_the_seeds() -> None:
+    from layeredge_dist.measure.trial import PlanTrialResult
+
+    a = PlanTrialResult(5, 3.0, (3.1, 2.9), 3.2, (3.3, 3.1))
+    b = PlanTrialResult(5, 2.0, (2.3, math.inf), 2.2, (2.5, math.inf))  # plan 1 diverged in this seed
+    m = PlanTrialResult.mean([a, b])
+    assert m.exact == pytest.approx(2.5) and m.losses[0] == pytest.approx(2.7)
+    assert m.gap(0) == pytest.approx((a.gap(0) + b.gap(0)) / 2) and m.gaps(0) == (a.gap(0), b.gap(0))
+    assert m.gap(1) == math.inf and m.gaps(1) == (a.gap(1), math.inf)  # diverged once is diverged
+    assert a.gaps(1) == (a.gap(1),) and PlanTrialResult.mean([a]) is a
+    doc = m.to_dict()
+    assert doc["losses"][1] is None and [r["exact"] for r in doc["replicates"]] == [3.0, 2.0]
+    assert "replicates" not in a.to_dict()
+    with pytest.raises(ValueError, match="differ"):
+        PlanTrialResult.mean([a, PlanTrialResult(6, 3.0, (3.1, 2.9), 3.2, (3.3, 3.1))])
+    with pytest.raises(ValueError, match="no trial"):
+        PlanTrialResult.mean([])

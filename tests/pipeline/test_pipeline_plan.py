@@ -235,13 +235,16 @@ class _Gaps:
     tests/measure/test_measure_trial.py and below."""
 
     def __init__(self, gaps: list[float]) -> None:
-        self.gaps, self.steps = gaps, 7
+        self.values, self.steps = gaps, 7
 
     def gap(self, i: int) -> float:
-        return self.gaps[i]
+        return self.values[i]
+
+    def gaps(self, i: int) -> tuple[float, ...]:
+        return (self.values[i],)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "losses": self.gaps}
+        return {"steps": self.steps, "losses": self.values}
 
 
 def _toy_profile() -> ModelProfile:
@@ -330,5 +333,26 @@ def test_plan_verify_steps_trains_the_candidates(capsys: pytest.CaptureFixture[s
     if ver["reason"].startswith("the fastest"):
         assert chosen["trial_gap"] <= 0.05
     assert main(["plan", *TINY, "--verify-steps", "4"]) == 2  # no budget
+    assert main(["plan", *TINY, "--verify-steps", "4", "--budget", "0.1", "--verify-seeds", "0"]) == 2
     assert main(["plan", *TINY, "--verify-steps", "4", "--budget", "0.1", "--what-if", "--nodes", "8"]) == 2
     assert "--verify-steps goes with --budget" in capsys.readouterr().err
+
+
+def test_plan_verify_seeds_averages_real_trials_over_seeds(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--verify-seeds 2``: every candidate and control is trained in two reseeded runs (other batches and
+    weights, so other exact losses); the gap that decides is the mean of the paired per-seed gaps, and the first
+    seed's trial is the single-seed trial exactly."""
+    argv = ["plan", *TINY, "--json", "--nodes", "2", "--bandwidth", "10Mbit", "--codecs", "int8,int2",
+            "--budget", "0.05", "--calib-steps", "3", "--verify-steps", "3"]
+    one = _doc(capsys, argv)["verification"]
+    two = _doc(capsys, [*argv, "--verify-seeds", "2"])["verification"]
+    reps = two["trial"]["replicates"]
+    assert len(reps) == 2 and reps[0]["exact"] != reps[1]["exact"]
+    assert reps[0] == one["trial"]  # seed 0 is the base run, bit for bit
+    for c in [*two["candidates"], *two["controls"]]:
+        assert len(c["trial_gaps"]) == 2 and c["trial_gap"] == pytest.approx(sum(c["trial_gaps"]) / 2)
+    assert "trial_gaps" not in one["candidates"][0]
+    from layeredge_dist.pipeline.planning import Verification
+
+    lines = Verification.from_dict(two).lines()
+    assert all("(mean of 2 seeds: " in line for line in lines[:len(two["candidates"]) + len(two["controls"])])

@@ -35,7 +35,7 @@ def test_plan_beats_fp32_at_100mbit() -> None:
     settings = E2ESettings(rates=("100mbit",), configs=("fp32", "plan"), steps=8, eval_every=4, eval_batches=1,
                            calib_steps=2, calib_batches=1, candidates=("bf16", "int8", "int4", "int2"),
                            budget=0.05, trial_steps=0,  # one-shot sensitivities: the trials are unit-tested
-                           verify_steps=2,  # the candidate plans are trained in the driver, inside host 0
+                           verify_steps=2, verify_seeds=2,  # the candidate plans are trained in the driver
                            overrides=SMALL, probe_bytes=2 << 20, start_timeout_s=150.0, run_timeout_s=400.0,
                            host_calib_steps=5, seeds=2)
     result = run_e2e(settings, log=print)
@@ -51,6 +51,7 @@ def test_plan_beats_fp32_at_100mbit() -> None:
     ver = result["plans"]["100mbit"]["verification"]
     assert ver["trial"]["steps"] == 2 and len(ver["candidates"]) >= 1 and ver["controls"]
     assert len(ver["trial"]["losses"]) == len(ver["candidates"]) + len(ver["controls"])
+    assert len(ver["trial"]["replicates"]) == 2 and all(len(c["trial_gaps"]) == 2 for c in ver["candidates"])
     assert ver["candidates"][ver["chosen"]]["codecs"] == result["plans"]["100mbit"]["codecs"]
     # two seeds per configuration, paired with fp32's; the plan was chosen once and trained with both
     for r in rows.values():
