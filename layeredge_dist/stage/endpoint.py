@@ -6,8 +6,9 @@ inference batch) and only grows, so frames left over from an aborted call are re
 Frames that arrive before they are wanted are stashed until asked for.
 
 Randomized codecs (``/rht`` rotations, ``/sr`` rounding noise, ``randk``) draw from a generator seeded per frame
-(:func:`frame_seed`: a pure function of the endpoint's ``codec_seed``, the edge, the role, ``seq`` and the wire
-micro-batch), so a run repeated with the same seed, batches and call sequence sends the same bits.
+(:func:`frame_seed`: a pure function of the endpoint's ``codec_seed``, the edge, the role, the wire micro-batch and
+the training step -- or ``seq`` for calls that are not training steps), so a run repeated with the same seed and
+batches sends the same bits, however often it evaluates and whether or not a step had to be retried.
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ _POLL_S = 0.25  # how often a blocked receive checks for an abort or a dead peer
 ERROR_SAMPLE_EVERY = 16
 
 
-def frame_seed(codec_seed: int, e: EdgeId, role: TensorRole, seq: int, wire_mb: int) -> int:
-    """The 63-bit seed of the generator a randomized codec draws from for frame ``(e, role, seq, wire_mb)``."""
-    return derived_seed(codec_seed, f"frame/{e}/{role.value}/{seq}/{wire_mb}")
+def frame_seed(codec_seed: int, e: EdgeId, role: TensorRole, draw: str, wire_mb: int) -> int:
+    """The 63-bit seed of the generator a randomized codec draws from for micro-batch ``wire_mb``'s ``role``
+    tensor on edge ``e``, in the call named ``draw`` (:meth:`Endpoint.send`: ``"step<n>"`` for training step
+    ``n``, else ``"call<seq>"``)."""
+    return derived_seed(codec_seed, f"frame/{e}/{role.value}/{draw}/{wire_mb}")
 
 
 def _storage_ptr(t: torch.Tensor) -> int:
@@ -79,6 +82,11 @@ class Endpoint:
         self._codecs: dict[str, object] = {}
         self._ef: dict[Hashable, EFState] = {}
         self._delta: dict[Hashable, DeltaState] = {}
+        #: Which calls the stateful codecs' state (error-feedback residuals, delta references) belongs to: the
+        #: stage sets its call's mode before each call. Training keeps its own state, so an evaluation or
+        #: inference call never feeds its residual into a training step or overwrites a training reference; the
+        #: two ends of an edge are always in the same call, so they agree.
+        self.stream = "train"
         self._abort_lock = threading.Lock()
         self._aborted_upto = -1  # calls with seq <= this give up
         self.stale_frames = 0
@@ -128,15 +136,20 @@ class Endpoint:
             codec = self._codecs[spec] = parse_any(spec)
         return codec
 
-    def _generator(self, e: EdgeId, role: TensorRole, seq: int, wire_mb: int,
+    def _generator(self, e: EdgeId, role: TensorRole, draw: str, wire_mb: int,
                    device: torch.device) -> torch.Generator | None:
         if self.codec_seed is None:
             return None
         gen = self._generators.get(device)
         if gen is None:  # on the tensor's device: no host-side noise to copy over
             gen = self._generators[device] = torch.Generator(device=device)
-        gen.manual_seed(frame_seed(self.codec_seed, e, role, seq, wire_mb))
+        gen.manual_seed(frame_seed(self.codec_seed, e, role, draw, wire_mb))
         return gen
+
+    def _state_key(self, e: EdgeId, role: TensorRole, wire_mb: int) -> Hashable:
+        """The key of a stateful codec's state for this frame: per edge, role and micro-batch slot, and per
+        :attr:`stream` other than training (training's keys are the plain triple, as in older checkpoints)."""
+        return (e, role, wire_mb) if self.stream == "train" else (e, role, wire_mb, self.stream)
 
     def _encode(self, spec: str, x: torch.Tensor, key: Hashable,  # type: ignore[no-untyped-def]
                 generator: torch.Generator | None):
@@ -167,15 +180,21 @@ class Endpoint:
     # ---- data -----------------------------------------------------------------------------------------------
 
     def send(self, dst: int, role: TensorRole, seq: int, wire_mb: int, x: torch.Tensor, spec: str,
-             timeout_s: float) -> None:
+             timeout_s: float, step: int | None = None) -> None:
         """Encode ``x`` with codec ``spec`` and queue it for stage ``dst`` (returns before delivery).
+
+        A randomized codec draws from :func:`frame_seed`: keyed by ``step``, the training step the frame belongs
+        to, when given, so a step's draws do not depend on how many evaluation calls, weight pushes or failed
+        attempts came before it; else by the call number ``seq``.
 
         Raises CodecError for a bad spec or input, and the transport's errors (PeerUnavailable,
         DeadlineExceeded, FrameRejected, ...) when the peer cannot take it.
         """
         e = edge(self.index, dst)
         t0 = time.perf_counter()
-        enc = self._encode(spec, x, (e, role, wire_mb), self._generator(e, role, seq, wire_mb, x.device))
+        draw = f"step{step}" if step is not None else f"call{seq}"
+        enc = self._encode(spec, x, self._state_key(e, role, wire_mb),
+                           self._generator(e, role, draw, wire_mb, x.device))
         frame = frame_from_encoded(enc, e, role, seq, wire_mb)
         self.meter.coded(e, role, Direction.SEND, spec, x.numel(), x.numel() * x.element_size(),
                          time.perf_counter() - t0)
@@ -260,7 +279,7 @@ class Endpoint:
     def _finish(self, frame: Frame, e: EdgeId, role: TensorRole) -> torch.Tensor:
         """Decode ``frame``, record it in the meter and hand its buffer back when the tensor does not share it."""
         t0 = time.perf_counter()
-        out = self._decode(frame, (e, role, frame.header.micro_batch))
+        out = self._decode(frame, self._state_key(e, role, frame.header.micro_batch))
         n = out.numel()
         self.meter.coded(e, role, Direction.RECV, frame.header.codec, n, n * out.element_size(),
                          time.perf_counter() - t0)

@@ -190,6 +190,10 @@ class Stage:
         live_saved = 0
         kept: dict[tuple[int, int], torch.Tensor] = {}  # activations sent, kept for the online proxy
         proxy_on = mode == "train" and spec.proxy_every > 0 and self.steps_done % spec.proxy_every == 0
+        # codec draws of a training step follow its step number (restored from checkpoints), not the call number:
+        # evaluation calls in between, or a retry after a failure, leave the training run's draws as they were
+        draw_step = self.steps_done if mode == "train" else None
+        self.endpoint.stream = mode  # ... and its error-feedback / delta state is its own
         for part in self.parts:
             part.train(mode in TRAINING)
         try:
@@ -238,7 +242,7 @@ class Stage:
                     y = outputs.pop((action.chunk, action.mb)).cpu()
                     self.endpoint.send(action.peer, TensorRole.ACTIVATION, seq,
                                        wire_microbatch(msg.src, action.mb, p, m), y,
-                                       spec.codecs.spec_for(e, TensorRole.ACTIVATION), timeout)
+                                       spec.codecs.spec_for(e, TensorRole.ACTIVATION), timeout, draw_step)
                     if proxy_on:
                         kept[(action.chunk, action.mb)] = y
                 elif isinstance(action, Backward):
@@ -259,7 +263,7 @@ class Stage:
                                          "send (integer input?)")
                     self.endpoint.send(action.peer, TensorRole.GRADIENT, seq,
                                        wire_microbatch(msg.src, action.mb, p, m), g.cpu(),
-                                       spec.codecs.spec_for(e, TensorRole.GRADIENT), timeout)
+                                       spec.codecs.spec_for(e, TensorRole.GRADIENT), timeout, draw_step)
                 elif isinstance(action, OptimizerStep):
                     if mode == "grad":
                         continue  # gradients stay for inspection (verify)
@@ -359,6 +363,7 @@ class Stage:
         downstream = spec.host if spec.index == spec.num_stages - 1 else spec.index + 1
         part = self.parts[0]
         part.eval()
+        self.endpoint.stream = "infer"  # stateful codec state apart from training's (the next call sets its own)
         codec = HOST_CODEC if downstream == spec.host else spec.codecs.spec_for(edge(spec.index, downstream),
                                                                                  TensorRole.ACTIVATION)
         served = 0

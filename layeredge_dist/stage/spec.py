@@ -196,8 +196,9 @@ class StageSpec:
     #: Relative codec error allowed on this stage's outgoing edges, exported for alerting (None: not exported).
     error_budget: float | None = None
     #: Seeds the random draws of randomized codecs (``/rht``, ``/sr``, ``randk``) on this stage's outgoing edges:
-    #: each frame's draws are a pure function of (seed, edge, role, call seq, micro-batch), so a repeated run
-    #: sends the same bits (see :func:`~layeredge_dist.stage.endpoint.frame_seed`).
+    #: each frame's draws are a pure function of (seed, edge, role, training step -- or call seq outside
+    #: training --, micro-batch), so a repeated run sends the same bits, whatever its evaluation cadence (see
+    #: :func:`~layeredge_dist.stage.endpoint.frame_seed`).
     codec_seed: int = 0
 
     def __post_init__(self) -> None:

@@ -337,14 +337,16 @@ def test_endpoint_int8_error_is_bounded(pair: tuple[Endpoint, Endpoint]) -> None
     assert 0.0 < rel < 0.015
 
 
-def _seeded_roundtrip(codec_seed: int | None, seq: int, spec: str = "int4/rht/sr") -> torch.Tensor:
-    """What stage 1 decodes when a seeded stage 0 sends one fixed tensor as frame (seq, micro-batch 0)."""
+def _seeded_roundtrip(codec_seed: int | None, seq: int, spec: str = "int4/rht/sr",
+                      step: int | None = None) -> torch.Tensor:
+    """What stage 1 decodes when a seeded stage 0 sends one fixed tensor as frame (seq, micro-batch 0), of
+    training step ``step`` when given."""
     cfg = TransportConfig(token="t")
     a, b = Endpoint(0, cfg, codec_seed=codec_seed), Endpoint(1, cfg)
     try:
         a.connect({1: b.address})
         x = torch.randn(8, 256, generator=torch.Generator().manual_seed(2))
-        a.send(1, GRAD, seq, 0, x, spec, 10.0)
+        a.send(1, GRAD, seq, 0, x, spec, 10.0, step)
         return b.receive(0, GRAD, seq, 0, 10.0, "gradient")
     finally:
         a.close()
@@ -359,14 +361,19 @@ def test_endpoint_randomized_codec_draws_are_a_function_of_seed_and_frame() -> N
     assert not torch.equal(first, _seeded_roundtrip(7, seq=4))
     assert not torch.equal(first, _seeded_roundtrip(8, seq=3))
     assert not torch.equal(_seeded_roundtrip(None, seq=3), _seeded_roundtrip(None, seq=3))  # global RNG
+    # a training step's frame draws by its step, whatever call number carries it
+    step2 = _seeded_roundtrip(7, seq=3, step=2)
+    assert torch.equal(step2, _seeded_roundtrip(7, seq=9, step=2)) and not torch.equal(step2, first)
+    assert not torch.equal(step2, _seeded_roundtrip(7, seq=3, step=3))
 
 
 def test_frame_seed_separates_every_field() -> None:
     e, f = EdgeId.parse("s0->s1"), EdgeId.parse("s1->s2")
-    base = frame_seed(0, e, ACT, 5, 1)
-    others = [frame_seed(1, e, ACT, 5, 1), frame_seed(0, f, ACT, 5, 1), frame_seed(0, e, GRAD, 5, 1),
-              frame_seed(0, e, ACT, 6, 1), frame_seed(0, e, ACT, 5, 2)]
-    assert len({base, *others}) == 6 and all(0 <= v < 2**63 for v in others)
+    base = frame_seed(0, e, ACT, "step5", 1)
+    others = [frame_seed(1, e, ACT, "step5", 1), frame_seed(0, f, ACT, "step5", 1),
+              frame_seed(0, e, GRAD, "step5", 1), frame_seed(0, e, ACT, "step6", 1),
+              frame_seed(0, e, ACT, "step5", 2), frame_seed(0, e, ACT, "call5", 1)]
+    assert len({base, *others}) == 7 and all(0 <= v < 2**63 for v in others)
 
 
 def test_pipeline_with_randomized_codecs_repeats_exactly_with_the_same_seed() -> None:
@@ -389,6 +396,35 @@ def test_pipeline_with_randomized_codecs_repeats_exactly_with_the_same_seed() ->
     _assert_params_equal(params, params_again)
     other, _ = run(12)
     assert other != losses
+
+
+@pytest.mark.parametrize("codecs", [EdgeCodecs(forward="int4/rht", backward="int4/rht/sr"),
+                                    EdgeCodecs(forward="ef(int4)", backward="ef(int4/rht)"),
+                                    EdgeCodecs(forward="delta(int4)", backward="int8")],
+                         ids=["randomized", "error-feedback", "delta"])
+def test_pipeline_training_does_not_depend_on_evaluation_calls(codecs: EdgeCodecs) -> None:
+    """Evaluation calls between training steps leave the training run exactly as it was: same losses, same
+    weights. Before, randomized draws were keyed by the call number (which evaluation advances), so a run's
+    trajectory depended on its --eval-every and a retried step drew anew; and an evaluation's forward residual
+    (``ef``) or reference (``delta``) carried into the next training step."""
+
+    def run(evaluate: bool) -> tuple[list[float], list[dict[str, torch.Tensor]]]:
+        pipe = ThreadedPipeline(_tiny_model(), even_cuts(3, 3), 3, "1f1b", microbatches=4, codecs=codecs,
+                                optimizer=OptimizerSpec("sgd", lr=0.1), extra={"codec_seed": 5})
+        try:
+            losses = []
+            for k in range(3):
+                if evaluate:
+                    pipe.call(_bytes_batch(10 + k), mode="eval")
+                losses.append(float(torch.stack(pipe.call(_bytes_batch(k))).mean()))
+            return losses, [s.parameters()[0] for s in pipe.stages]
+        finally:
+            pipe.close()
+
+    plain, params = run(False)
+    evaluated, params_evaluated = run(True)
+    assert plain == evaluated
+    _assert_params_equal(params, params_evaluated)
 
 
 def test_endpoint_raw_int64_is_bit_exact(pair: tuple[Endpoint, Endpoint]) -> None:
