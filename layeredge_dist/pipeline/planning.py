@@ -767,7 +767,8 @@ class Verification:
             controls' losses follow the candidates').
         controls: per distinct cuts of the candidates ``{"cuts", "codec", "trial_gap"}`` (and "trial_gaps" over
             several seeds): the control codec on every edge and direction, trained the same way.
-        noise: the largest control gap in absolute value (nats; inf when a control diverged, 0 without
+        noise: the largest control gap in absolute value, over several seeds plus two standard errors of its
+            per-seed gaps (nats; inf when a control diverged, 0 without
             controls): how far the trial moves the loss for a perturbation that costs nothing by itself.
     """
 
@@ -813,6 +814,15 @@ class Verification:
         return out + [f"chosen: {self.reason} (budget {self.budget:g} nats)"]
 
 
+def _control_noise(gaps: Sequence[float]) -> float:
+    """How far a control's trial moved the loss (nats): ``|mean| + 2 x standard error`` of its per-seed gaps
+    (one seed: ``|gap|``; inf when any seed diverged)."""
+    if not all(math.isfinite(g) for g in gaps):
+        return math.inf
+    se = statistics.stdev(gaps) / math.sqrt(len(gaps)) if len(gaps) > 1 else 0.0
+    return abs(statistics.fmean(gaps)) + 2.0 * se
+
+
 def choose_verified_plan(profile: ModelProfile, nodes: int, cluster: Any, candidates: Sequence[str], *,
                          budget: float, verify: Callable[[Sequence[Any]], Any],
                          factors: Sequence[float] = VERIFY_FACTORS, control: str | None = VERIFY_CONTROL,
@@ -829,7 +839,9 @@ def choose_verified_plan(profile: ModelProfile, nodes: int, cluster: Any, candid
     returns a :class:`~layeredge_dist.measure.trial.PlanTrialResult`), followed by a negative control per
     distinct cuts: ``control`` (bf16) on every edge and direction, a perturbation that costs nothing by itself.
 
-    - If a control moves the loss by more than ``budget`` (in either direction), the trial's noise -- how much
+    - If a control moves the loss by more than ``budget`` (in either direction; over several seeds, when its
+      mean gap's magnitude plus two standard errors of its per-seed gaps exceeds ``budget``: a control whose
+      seeds moved +0.06 and -0.06 has a mean near 0 but says the same), the trial's noise -- how much
       any perturbation shifts a short, chaotic training run -- exceeds what it is asked to resolve, and a
       fastest-that-fits choice would pick whichever aggressive candidate drew a lucky gap (measured on the demo
       with a 150-step recipe: bf16 +0.158, and the candidate that then won, int8 | int8, trained 13 % worse over
@@ -871,12 +883,14 @@ def choose_verified_plan(profile: ModelProfile, nodes: int, cluster: Any, candid
     result = verify(plans + controls)
     gaps = [result.gap(i) for i in range(len(plans))]
     control_gaps = [result.gap(len(plans) + i) for i in range(len(controls))]
-    noise = max((abs(g) for g in control_gaps), default=0.0)
+    noise = max((_control_noise(result.gaps(len(plans) + j)) for j in range(len(controls))), default=0.0)
+    n_seeds = len(result.gaps(0))
     fits = [i for i, g in enumerate(gaps) if g <= budget * (1 + 1e-9)]
     if noise > budget * (1 + 1e-9):
         chosen = additive
-        reason = (f"the control ({control} everywhere) moved the loss by {noise:.4f} nats, more than the budget: "
-                  "the trial cannot resolve it, so the additive plan is kept")
+        reason = (f"the control ({control} everywhere) moved the loss by {noise:.4f} nats"
+                  + (" (|mean| + 2 standard errors over the seeds)" if n_seeds > 1 else "")
+                  + ", more than the budget: the trial cannot resolve it, so the additive plan is kept")
     elif fits:
         chosen = min(fits, key=lambda i: (plans[i].step_time_s, gaps[i]))
         reason = "the fastest predicted candidate whose trial gap fits the budget"
@@ -894,7 +908,6 @@ def choose_verified_plan(profile: ModelProfile, nodes: int, cluster: Any, candid
     ctl = tuple({"cuts": list(c), "codec": control, "trial_gap": finite_or_none(g), **per_seed(len(plans) + j)}
                 for j, (c, g) in enumerate(zip(control_cuts, control_gaps)))
     best = plans[chosen]
-    n_seeds = len(result.gaps(chosen))
     note = (f"checked by a {result.steps}-step trial with all codecs in place"
             + (f", mean of {n_seeds} seeds" if n_seeds > 1 else "") + f": gap {gaps[chosen]:+.4f} nats "
             f"(budget {budget:g}; additive score {best.total_sensitivity:.4f}; control noise {noise:.4f}); "

@@ -320,6 +320,40 @@ def test_choose_verified_plan_holds_the_measured_gap_to_the_budget() -> None:
         choose_verified_plan(prof, 3, "10Mbit", ["int8"], budget=-1.0, verify=verify_with(lambda p: 0.0))
 
 
+def test_choose_verified_plan_over_seeds_reads_the_controls_spread() -> None:
+    """With per-seed trials the gate is the control's |mean| + 2 standard errors: bf16 moving two seeds by +0.05
+    and -0.05 averages to 0 but cannot resolve a 0.03 budget, so the additive plan stays; consistent controls pass
+    and the fastest candidate whose mean gap fits wins. Per-seed gaps travel with every row."""
+    from layeredge_dist.measure.trial import PlanTrialResult
+    from layeredge_dist.pipeline.planning import choose_plan, choose_verified_plan
+
+    prof = _toy_profile()
+    base, _ = choose_plan(prof, 3, "10Mbit", ["int8", "int4"], budget=0.03)
+
+    def is_control(p: Any) -> bool:
+        return all(v == {"forward": "bf16", "backward": "bf16"} for v in p.codecs_dict().values())
+
+    def verify_over(control_gaps: tuple[float, float]) -> Any:
+        def verify(plans: list[Any]) -> Any:
+            def seed(k: int) -> PlanTrialResult:
+                gaps = [control_gaps[k] if is_control(p) else 0.03 - 0.5 * p.total_sensitivity for p in plans]
+                return PlanTrialResult(7, 3.0, tuple(3.0 + g for g in gaps), 3.0, tuple(3.0 for _ in gaps))
+            return PlanTrialResult.mean([seed(0), seed(1)])
+        return verify
+
+    plan, _, ver = choose_verified_plan(prof, 3, "10Mbit", ["int8", "int4"], budget=0.03,
+                                        verify=verify_over((0.05, -0.05)))
+    assert plan.codecs_dict() == base.codecs_dict() and "cannot resolve" in ver.reason
+    assert ver.noise == pytest.approx(0.1)  # |0| + 2 x (0.0707 / sqrt 2)
+    assert all(c["trial_gaps"] == [pytest.approx(0.05), pytest.approx(-0.05)] for c in ver.controls)
+    plan, _, ver = choose_verified_plan(prof, 3, "10Mbit", ["int8", "int4"], budget=0.03,
+                                        verify=verify_over((0.004, 0.006)))
+    assert ver.noise == pytest.approx(0.005 + 0.002) and ver.reason.startswith("the fastest")
+    fastest = min(ver.candidates, key=lambda c: c["step_time_s"])
+    assert plan.codecs_dict() == fastest["codecs"] and len(fastest["trial_gaps"]) == 2
+    assert "mean of 2 seeds" in plan.notes[-1]
+
+
 def test_plan_verify_steps_trains_the_candidates(capsys: pytest.CaptureFixture[str]) -> None:
     """``layeredge plan --verify-steps``: real in-process trials of every candidate plan of the tiny model, the
     chosen one's gap within the budget, the table printed; and the option's misuse is a usage error."""
