@@ -767,9 +767,9 @@ class Verification:
             controls' losses follow the candidates').
         controls: per distinct cuts of the candidates ``{"cuts", "codec", "trial_gap"}`` (and "trial_gaps" over
             several seeds): the control codec on every edge and direction, trained the same way.
-        noise: the largest control gap in absolute value, over several seeds plus two standard errors of its
-            per-seed gaps (nats; inf when a control diverged, 0 without
-            controls): how far the trial moves the loss for a perturbation that costs nothing by itself.
+        noise: how far the trial moves the loss for a perturbation that costs nothing by itself: the largest
+            control gap in absolute value (nats; over several seeds ``|mean gap| + 2`` standard errors of the
+            per-seed gaps; inf when a control diverged, 0 without controls).
     """
 
     budget: float
