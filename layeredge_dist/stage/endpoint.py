@@ -156,7 +156,7 @@ class Endpoint:
         codec = self._codec(spec)
         if isinstance(codec, ErrorFeedback):
             state = self._ef.get(key)
-            if state is None:
+            if state is None or state.spec != codec.spec:  # a codec switch: the new wrapper starts afresh
                 state = self._ef[key] = codec.new_state()
             return codec.encode(x, state, generator=generator)
         if isinstance(codec, DeltaCodec):

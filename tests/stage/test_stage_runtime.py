@@ -168,6 +168,26 @@ def test_codec_switch_at_a_step_boundary_keeps_training() -> None:
         pipe.close()
 
 
+def test_codec_switch_between_error_feedback_codecs_starts_a_fresh_residual() -> None:
+    """ef(int8) -> ef(int4/rht) on the same edge (what the online controller does when the link drops): the new
+    wrapper starts with its own state instead of refusing the old one's (CodecError, a failed stage), and the
+    switch back starts fresh again."""
+    model = byte_gpt_spec(SMALL, seed=3)
+    pipe = ThreadedPipeline(model, even_cuts(6, 3), 3, "1f1b", microbatches=4,
+                            codecs=EdgeCodecs("ef(int8)", "ef(int8)"))
+    work = SyntheticWorkload(model, batch_size=8, context=16, seed=1)
+    try:
+        pipe.call(work.batch(0))
+        for k, spec in enumerate(["ef(int4/rht)", "ef(int8)"], start=1):
+            for stage in pipe.stages:
+                stage.set_codecs(EdgeCodecs(spec, spec))
+            assert all(torch.isfinite(x) for x in pipe.call(work.batch(k)))
+            states = [st for stage in pipe.stages for st in stage.endpoint.codec_state()["ef"].values()]
+            assert states and {st.spec for st in states} == {spec}
+    finally:
+        pipe.close()
+
+
 def test_embedding_tied_across_stages_stays_tied_and_matches_single_process() -> None:
     """GPT-2 ties lm_head to wte: stage 0 and the last stage sum their gradients before each step."""
     pytest.importorskip("transformers")
