@@ -47,6 +47,13 @@ def test_atomic_write_json_that_cannot_be_encoded_leaves_the_old_file(tmp_path: 
     with pytest.raises(ValueError, match="[Cc]ircular"):
         atomic_write_json(target, loop)
     assert json.loads(target.read_text()) == [1, 2] and os.listdir(tmp_path) == ["doc.json"]
+    # (what bench --out writes through it) NaN as JSON allows it, other objects as their str
+    atomic_write_json(target, {"v": float("nan"), "obj": object()})
+    doc = json.loads(target.read_text())
+    assert doc["obj"].startswith("<object") and doc["v"] != doc["v"]
+    with pytest.raises(ValueError):
+        atomic_write_json(target, {"loop": loop})
+    assert json.loads(target.read_text())["obj"] == doc["obj"] and len(list(tmp_path.iterdir())) == 1
 
 
 def test_files_imports_no_torch() -> None:

@@ -97,6 +97,7 @@ from layeredge_dist.bench import output
 from layeredge_dist.bench.headline import lines as headline_lines
 from layeredge_dist.bench.headline import verdict
 from layeredge_dist.bench.replicates import merge, spread
+from layeredge_dist.files import atomic_write_json
 
 #: The demo's batch shape and schedule (3 stages, 1F1B); no checkpoints, no metrics.
 DEMO = ("data.batch_size=8", "data.context=128", "pipeline.microbatches=4", "pipeline.stages=3",
@@ -287,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         result = run_e2e(settings, log=log, progress=not args.json,
-                         save=(lambda doc: output.write_json(doc, args.out)) if args.out else lambda doc: None)
+                         save=(lambda doc: atomic_write_json(args.out, doc)) if args.out else lambda doc: None)
     except (TestbedError, E2EError) as err:
         print(f"layeredge bench e2e: {err}", file=sys.stderr)
         return 1

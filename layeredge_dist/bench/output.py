@@ -42,18 +42,12 @@ def progress(args: argparse.Namespace) -> Callable[[str], None]:
     return lambda text: print(text, file=sys.stderr, flush=True)
 
 
-def write_json(doc: Any, path: str) -> None:
-    """Write ``doc`` as JSON to ``path`` whole or not at all (:func:`layeredge_dist.files.atomic_write_json`).
-    Values JSON cannot hold are written as their ``str``. Raises OSError when the file cannot be written."""
-    atomic_write_json(path, doc)
-
-
 def emit(doc: Any, args: argparse.Namespace, indent: int | None = None) -> bool:
-    """Write ``doc`` to ``--out`` (if given) and, with ``--json``, print it on stdout; True when it was printed,
-    so the caller prints no table."""
+    """Write ``doc`` to ``--out`` (if given; whole or not at all, :func:`layeredge_dist.files.atomic_write_json`)
+    and, with ``--json``, print it on stdout; True when it was printed, so the caller prints no table."""
     path = getattr(args, "out", None)
     if path:
-        write_json(doc, path)
+        atomic_write_json(path, doc)
         print(f"json: {path}", file=sys.stderr)
     if getattr(args, "json", False):
         print(json.dumps(doc, indent=indent, default=str))

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from layeredge_dist.bench.output import write_json
+from layeredge_dist.files import atomic_write_json
 
 Drive = Callable[[dict[str, Any], Callable[[str], None]], dict[str, Any]]
 
@@ -26,13 +26,13 @@ Drive = Callable[[dict[str, Any], Callable[[str], None]], dict[str, Any]]
 def driver_main(drive: Drive) -> None:
     """Entry of the driver process: read the job named by ``sys.argv[1]``, run ``drive(job, log)`` (log lines go
     to stderr), add its wall ``seconds`` and write the result to ``job["out"]``
-    (:func:`~layeredge_dist.bench.output.write_json`, so a reader never sees half a result)."""
+    (:func:`~layeredge_dist.files.atomic_write_json`, so a reader never sees half a result)."""
     with open(sys.argv[1]) as f:
         job = json.load(f)
     t0 = time.perf_counter()
     result = drive(job, lambda t: print(t, file=sys.stderr, flush=True))
     result["seconds"] = time.perf_counter() - t0
-    write_json(result, job["out"])
+    atomic_write_json(job["out"], result)
 
 
 def spawn(nodes: Any, module: str, job: dict[str, Any], what: str, progress: bool) -> tuple[Any, str]:

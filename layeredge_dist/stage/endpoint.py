@@ -136,13 +136,14 @@ class Endpoint:
             codec = self._codecs[spec] = parse_any(spec)
         return codec
 
-    def _generator(self, e: EdgeId, role: TensorRole, draw: str, wire_mb: int,
+    def _generator(self, e: EdgeId, role: TensorRole, seq: int, step: int | None, wire_mb: int,
                    device: torch.device) -> torch.Generator | None:
         if self.codec_seed is None:
             return None
         gen = self._generators.get(device)
         if gen is None:  # on the tensor's device: no host-side noise to copy over
             gen = self._generators[device] = torch.Generator(device=device)
+        draw = f"step{step}" if step is not None else f"call{seq}"
         gen.manual_seed(frame_seed(self.codec_seed, e, role, draw, wire_mb))
         return gen
 
@@ -192,9 +193,8 @@ class Endpoint:
         """
         e = edge(self.index, dst)
         t0 = time.perf_counter()
-        draw = f"step{step}" if step is not None else f"call{seq}"
         enc = self._encode(spec, x, self._state_key(e, role, wire_mb),
-                           self._generator(e, role, draw, wire_mb, x.device))
+                           self._generator(e, role, seq, step, wire_mb, x.device))
         frame = frame_from_encoded(enc, e, role, seq, wire_mb)
         self.meter.coded(e, role, Direction.SEND, spec, x.numel(), x.numel() * x.element_size(),
                          time.perf_counter() - t0)

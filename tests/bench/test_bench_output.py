@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import pytest
-
 from layeredge_dist.bench import output
 from layeredge_dist.cli.main import BENCHES, build_parser, main
 
@@ -53,19 +51,3 @@ def test_progress_is_silent_with_json_and_on_stderr_without(capsys) -> None:  # 
     assert captured.out == "" and captured.err == "shown\n"
     # a Namespace without the options (a caller that built its own) prints the table and writes nothing
     assert output.emit({"a": 1}, argparse.Namespace()) is False and output.check(argparse.Namespace()) is None
-
-
-def test_write_json_keeps_the_old_file_when_the_document_cannot_be_encoded(tmp_path) -> None:  # noqa: ANN001
-    path = tmp_path / "doc.json"
-    output.write_json({"v": float("nan"), "obj": object()}, str(path))  # NaN as JSON allows it, objects as str
-    doc = json.loads(path.read_text())
-    assert doc["obj"].startswith("<object") and doc["v"] != doc["v"]
-    with pytest.raises(ValueError):
-        output.write_json({"loop": _cycle()}, str(path))
-    assert json.loads(path.read_text())["obj"] == doc["obj"] and len(list(tmp_path.iterdir())) == 1
-
-
-def _cycle() -> dict:
-    d: dict = {}
-    d["self"] = d
-    return d
